@@ -1,0 +1,34 @@
+# Two commands matter: `make demo` and `make test`. Both create the virtualenv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch: an unpinned torch pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install model demo run test lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[api,preprocess,inference,webhook,dev]"
+	touch $@
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/python -m scripts.build_tiny_model
+
+demo: model
+	$(BIN)/python -m scripts.demo
+
+test: model
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy shared services scripts
+
+clean:
+	rm -rf $(VENV) .local .models

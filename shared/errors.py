@@ -1,0 +1,86 @@
+"""The one error model: stable codes, their HTTP status and default message, one exception type."""
+
+from enum import StrEnum
+from typing import NamedTuple
+
+
+class ErrorCode(StrEnum):
+    """Stable machine-readable error codes, shared by the APIs and written into failed jobs."""
+
+    # Request problems, answered by the APIs before a job exists.
+    invalid_request = "invalid_request"
+    unsupported_media = "unsupported_media"
+    media_too_large = "media_too_large"
+    too_many_files = "too_many_files"
+    unknown_model = "unknown_model"
+    job_not_found = "job_not_found"
+    job_not_finished = "job_not_finished"
+    job_failed = "job_failed"
+    # Job failures, written by the worker that failed the job.
+    decode_failed = "decode_failed"
+    media_limits_exceeded = "media_limits_exceeded"
+    context_overflow = "context_overflow"
+    engine_error = "engine_error"
+    out_of_memory = "out_of_memory"
+    worker_lost = "worker_lost"
+    canceled_by_user = "canceled_by_user"
+    deadline_exceeded = "deadline_exceeded"
+    internal_error = "internal_error"
+
+
+class ErrorInfo(NamedTuple):
+    """How one code is answered over HTTP, and whether a retry of the same job may succeed."""
+
+    http_status: int
+    message: str
+    retryable: bool
+
+
+ERRORS: dict[ErrorCode, ErrorInfo] = {
+    ErrorCode.invalid_request: ErrorInfo(422, "The request is not valid.", False),
+    ErrorCode.unsupported_media: ErrorInfo(
+        415, "The file type is not supported: send JPEG, PNG, WebP, GIF, BMP, TIFF, MP4, WebM, "
+        "MOV or PDF.", False),
+    ErrorCode.media_too_large: ErrorInfo(413, "The upload is larger than the limit.", False),
+    ErrorCode.too_many_files: ErrorInfo(413, "The request carries more files than allowed.", False),
+    ErrorCode.unknown_model: ErrorInfo(422, "The model is not served here.", False),
+    ErrorCode.job_not_found: ErrorInfo(404, "No job has this id.", False),
+    ErrorCode.job_not_finished: ErrorInfo(202, "The job has not finished yet.", True),
+    ErrorCode.job_failed: ErrorInfo(409, "The job failed; it has no result.", False),
+    ErrorCode.decode_failed: ErrorInfo(
+        422, "The file could not be decoded; check that it is complete and not corrupt.", False),
+    ErrorCode.media_limits_exceeded: ErrorInfo(
+        422, "The media exceeds a processing limit (pixels, pages, duration or aspect ratio).",
+        False),
+    ErrorCode.context_overflow: ErrorInfo(
+        422, "Prompt and media do not fit the model's context; send fewer tiles, frames or "
+        "pages.", False),
+    ErrorCode.engine_error: ErrorInfo(500, "The inference engine failed.", True),
+    ErrorCode.out_of_memory: ErrorInfo(503, "The inference engine ran out of memory.", True),
+    ErrorCode.worker_lost: ErrorInfo(
+        500, "The worker running the job was lost too many times.", True),
+    ErrorCode.canceled_by_user: ErrorInfo(409, "The job was canceled.", False),
+    ErrorCode.deadline_exceeded: ErrorInfo(
+        504, "The job did not finish before its deadline.", True),
+    ErrorCode.internal_error: ErrorInfo(500, "An internal error occurred.", True),
+}
+
+
+class TesseraError(Exception):
+    """An error with a stable code; `message` tells a person what to do about it."""
+
+    def __init__(self, code: ErrorCode, message: str | None = None, **details: object) -> None:
+        self.code = code
+        self.message = message or ERRORS[code].message
+        self.details = details
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status this error is answered with."""
+        return ERRORS[self.code].http_status
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same job may succeed if tried again."""
+        return ERRORS[self.code].retryable

@@ -1,0 +1,111 @@
+"""What both APIs share: clients opened in the lifespan, their dependencies, one error renderer."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from shared.errors import ERRORS, ErrorCode, TesseraError
+from shared.job_store import JobStore
+from shared.object_store import ObjectStore
+from shared.settings import BaseServiceSettings
+from shared.tracing import setup_tracing
+
+PROBLEM_TYPE_BASE = "https://tessera.dev/errors/"
+# The documented error body: RFC 9457 problem details plus our stable code.
+PROBLEM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    "default": {
+        "description": "An error, as `application/problem+json` with a stable `code`.",
+        "content": {"application/problem+json": {"schema": {
+            "type": "object",
+            "required": ["type", "title", "status", "code", "detail"],
+            "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"},
+                "status": {"type": "integer"}, "detail": {"type": "string"},
+                "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+            },
+        }}},
+    },
+}
+
+
+def problem(error: TesseraError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """Render an error as problem details."""
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + error.code.value,
+        "title": ERRORS[error.code].message,
+        "status": error.http_status,
+        "code": error.code.value,
+        "detail": error.message,
+        **error.details,
+    }
+    return JSONResponse(body, status_code=error.http_status, headers=headers,
+                        media_type="application/problem+json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every TesseraError and validation error as problem details."""
+
+    async def on_tessera_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, TesseraError)
+        return problem(error)
+
+    async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        fields = [{"loc": list(item["loc"]), "message": item["msg"]} for item in error.errors()]
+        summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['message']}" for f in fields)
+        return problem(TesseraError(ErrorCode.invalid_request, summary, errors=fields))
+
+    app.add_exception_handler(TesseraError, on_tessera_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+
+
+def create_api(settings: BaseServiceSettings, *, title: str, description: str) -> FastAPI:
+    """A FastAPI app with tracing, problem-details errors and the shared clients' lifespan."""
+    app = FastAPI(title=title, description=description, version="1",
+                  lifespan=_lifespan(settings), responses=PROBLEM_RESPONSE)
+    install_error_handlers(app)
+    # Spans start on the global (proxy) provider, which the lifespan installs.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _lifespan(
+        settings: BaseServiceSettings) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        setup_tracing(settings.OTEL_SERVICE_NAME, settings)
+        app.state.settings = settings
+        app.state.objects = ObjectStore(settings)
+        app.state.objects.ensure_bucket()
+        app.state.jobs = JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX)
+        yield
+        app.state.jobs.redis.close()
+
+    return lifespan
+
+
+def get_objects(request: Request) -> ObjectStore:
+    """The object store opened at start-up."""
+    store: ObjectStore = request.app.state.objects
+    return store
+
+
+def get_jobs(request: Request) -> JobStore:
+    """The job store opened at start-up."""
+    store: JobStore = request.app.state.jobs
+    return store
+
+
+ObjectStoreDep = Annotated[ObjectStore, Depends(get_objects)]
+JobStoreDep = Annotated[JobStore, Depends(get_jobs)]

@@ -1,0 +1,276 @@
+"""Contracts between services: job records, public job views, queue payloads and results."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from shared.errors import ErrorCode
+
+
+class JobStatus(StrEnum):
+    """Where a job is in its lifecycle; clients must treat this set as open."""
+
+    queued = "queued"
+    preprocessing = "preprocessing"
+    inferring = "inferring"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceling = "canceling"
+    canceled = "canceled"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job can no longer change."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.expired})
+
+MediaKind = Literal["image", "video", "pdf"]
+Stage = Literal["ingest", "preprocess", "inference", "webhook"]
+EventType = Literal["job.succeeded", "job.failed", "job.canceled", "job.expired"]
+
+
+class GenerationParams(BaseModel):
+    """How the model decodes; temperature 0 means greedy (and then top_p is ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(default=512, ge=1, le=8192)
+    min_new_tokens: int = Field(default=0, ge=0, le=8192)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> "GenerationParams":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding picks the most likely token at each step."""
+        return self.temperature == 0.0
+
+
+class MediaOptions(BaseModel):
+    """How inputs are turned into tiles: image grid bounds, video frames, PDF pages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_tiles: int = Field(default=1, ge=1, le=40)
+    max_tiles: int = Field(default=12, ge=1, le=40)
+    num_frames: int = Field(default=32, ge=1, le=64)
+    start_seconds: float | None = Field(default=None, ge=0)
+    end_seconds: float | None = Field(default=None, gt=0)
+    first_page: int = Field(default=1, ge=1)
+    last_page: int | None = Field(default=None, ge=1)
+    dpi: int = Field(default=144, ge=36, le=300)
+
+    @model_validator(mode="after")
+    def _ranges_in_order(self) -> "MediaOptions":
+        if self.min_tiles > self.max_tiles:
+            raise ValueError("min_tiles must not exceed max_tiles")
+        if (self.start_seconds is not None and self.end_seconds is not None
+                and self.start_seconds >= self.end_seconds):
+            raise ValueError("start_seconds must be before end_seconds")
+        if self.last_page is not None and self.last_page < self.first_page:
+            raise ValueError("last_page must not be before first_page")
+        return self
+
+
+class MediaRef(BaseModel):
+    """One uploaded input as stored in S3."""
+
+    index: int
+    kind: MediaKind
+    key: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    sha256: str
+
+
+class JobCreate(BaseModel):
+    """What a client asks for, apart from the media itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    webhook_url: HttpUrl | None = None
+    generation: GenerationParams = Field(default_factory=GenerationParams)
+    media_options: MediaOptions = Field(default_factory=MediaOptions)
+
+
+class JobError(BaseModel):
+    """Why a job failed, in the shared error vocabulary."""
+
+    code: ErrorCode
+    message: str
+    retryable: bool
+    stage: Stage
+
+
+class StageTimes(BaseModel):
+    """When the job entered and left each stage (UTC)."""
+
+    created_at: datetime
+    preprocess_started_at: datetime | None = None
+    preprocess_finished_at: datetime | None = None
+    inference_started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class JobRecord(BaseModel):
+    """The stored job: the one source of truth for status, owned by the job store."""
+
+    id: str
+    status: JobStatus
+    model: str
+    prompt: str
+    generation: GenerationParams
+    media_options: MediaOptions
+    media: list[MediaRef]
+    webhook_url: HttpUrl | None = None
+    trace_id: str | None = None
+    attempts: dict[str, int] = Field(default_factory=dict)
+    times: StageTimes
+    updated_at: datetime
+    error: JobError | None = None
+    result_key: str | None = None
+    # "host/pid" of the process running the current stage: for operators and fault tests.
+    worker: str | None = None
+
+
+class JobLinks(BaseModel):
+    """Where to find the job, its result and its events."""
+
+    self: str
+    result: str
+    events: str
+
+
+class JobPublic(BaseModel):
+    """The job as clients see it."""
+
+    id: str
+    status: JobStatus
+    terminal: bool
+    model: str
+    attempts: dict[str, int]
+    times: StageTimes
+    error: JobError | None
+    trace_id: str | None
+    links: JobLinks
+
+    @classmethod
+    def from_record(cls, record: "JobRecord", base_url: str) -> "JobPublic":
+        """The public view of a stored job, with links under base_url."""
+        self_url = f"{base_url.rstrip('/')}/v1/jobs/{record.id}"
+        return cls(
+            id=record.id, status=record.status, terminal=record.status.terminal,
+            model=record.model, attempts=record.attempts, times=record.times,
+            error=record.error, trace_id=record.trace_id,
+            links=JobLinks(self=self_url, result=f"{self_url}/result", events=f"{self_url}/events"),
+        )
+
+
+class PreprocessTask(BaseModel):
+    """Queue payload asking a preprocessing worker to prepare a job's inputs."""
+
+    schema_version: Literal[1] = 1
+    job_id: str
+
+
+class InferenceTask(BaseModel):
+    """Queue payload asking an inference worker to answer a prepared job."""
+
+    schema_version: Literal[1] = 1
+    job_id: str
+    manifest_key: str
+
+
+class WebhookTask(BaseModel):
+    """Queue payload asking the webhook worker to deliver one event about a job."""
+
+    schema_version: Literal[1] = 1
+    job_id: str
+    event_type: EventType
+
+
+class ImageTiling(BaseModel):
+    """How one image placeholder in the prompt was tiled (a photo, a video frame or a page)."""
+
+    width: int
+    height: int
+    cols: int
+    rows: int
+    thumbnail: bool
+    num_tiles: int
+    visual_tokens: int
+    timestamp_seconds: float | None = None
+    page: int | None = None
+
+
+class PreparedInput(BaseModel):
+    """One input after preprocessing: its tiles (one uint8 .npy array in S3) and their layout."""
+
+    index: int
+    kind: MediaKind
+    tiles_key: str
+    images: list[ImageTiling]
+
+
+class PreparedJob(BaseModel):
+    """Everything the inference side needs, written by the preprocessing worker."""
+
+    schema_version: Literal[1] = 1
+    job_id: str
+    inputs: list[PreparedInput]
+
+
+class TokenUsage(BaseModel):
+    """Tokens the model read and wrote."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    visual_tokens: int
+
+
+class StageTimings(BaseModel):
+    """Seconds spent in each stage, derived from the job's timestamps."""
+
+    queue_seconds: float
+    preprocess_seconds: float
+    inference_queue_seconds: float
+    inference_seconds: float
+    total_seconds: float
+
+
+class InputSummary(BaseModel):
+    """What the model saw of one input."""
+
+    index: int
+    kind: MediaKind
+    images: list[ImageTiling]
+
+
+class JobResult(BaseModel):
+    """The answer to a job, stored in S3 and served by the results API."""
+
+    job_id: str
+    model: str
+    text: str
+    finish_reason: str
+    usage: TokenUsage
+    inputs: list[InputSummary]
+    timings: StageTimings
+    engine: str
+    created_at: datetime

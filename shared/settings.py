@@ -1,0 +1,67 @@
+"""Settings mixins every service composes into its own settings class (env vars, UPPER_CASE)."""
+
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Placeholder secrets are fine on a laptop and refused anywhere else.
+LOCAL_SECRETS = {"minioadmin", "whsec_bG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0LTMyYnl0ZXM="}
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every service reads: environment, Redis, S3, tracing and the models served."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=True)
+
+    TESSERA_ENV: Literal["local", "production"] = "local"
+
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    KEY_PREFIX: str = "tessera"
+
+    S3_ENDPOINT: str = "http://127.0.0.1:9000"
+    S3_ACCESS_KEY: str = "minioadmin"
+    S3_SECRET_KEY: SecretStr = SecretStr("minioadmin")
+    S3_BUCKET: str = "tessera"
+    S3_REGION: str = "us-east-1"
+
+    OTEL_SERVICE_NAME: str = "tessera"
+    OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
+    # A JSON-lines file every process appends its spans to: lets tests and the demo read traces.
+    TRACING_FILE: str | None = None
+
+    # Where clients reach the results API; links in job objects and webhooks start with it.
+    PUBLIC_BASE_URL: str = "http://127.0.0.1:8001"
+
+    DEFAULT_MODEL: str = "tiny-internvl"
+    SERVED_MODELS: str = "tiny-internvl"
+
+    # Attempts per stage before a job fails instead of being redelivered again (poison tasks).
+    MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # Longer than the longest task, or Redis redelivers tasks that are still running.
+    VISIBILITY_TIMEOUT_SECONDS: int = Field(default=3600, ge=60)
+
+    @property
+    def served_models(self) -> list[str]:
+        """The model names this deployment accepts jobs for."""
+        return [name.strip() for name in self.SERVED_MODELS.split(",") if name.strip()]
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Self:
+        if self.TESSERA_ENV != "local":
+            for name, value in self._secrets().items():
+                if value in LOCAL_SECRETS:
+                    raise ValueError(f"{name} still has its local placeholder value")
+        return self
+
+    def _secrets(self) -> dict[str, str]:
+        return {"S3_SECRET_KEY": self.S3_SECRET_KEY.get_secret_value()}
+
+
+class WebhookSigningSettings(BaseServiceSettings):
+    """The secret webhooks are signed with (Standard Webhooks `whsec_` + base64)."""
+
+    WEBHOOK_SECRET: SecretStr = SecretStr("whsec_bG9jYWwtZGV2ZWxvcG1lbnQtc2VjcmV0LTMyYnl0ZXM=")
+
+    def _secrets(self) -> dict[str, str]:
+        return {**super()._secrets(), "WEBHOOK_SECRET": self.WEBHOOK_SECRET.get_secret_value()}
