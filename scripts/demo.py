@@ -1,0 +1,70 @@
+"""`make demo`: start the system locally, run a sample image job and a sample video job through
+the REST API, print answers, ids, trace ids and stage timings, then stop what was started."""
+
+import sys
+import time
+
+import httpx
+
+from scripts.localstack import LocalStack
+from scripts.sample_media import sample_jpeg, sample_mp4
+
+
+def run_job(stack: LocalStack, filename: str, data: bytes, prompt: str,
+            **options: str) -> dict[str, object]:
+    """Submit one job, wait for it, and return its final job object and result."""
+    with httpx.Client(timeout=30) as client:
+        response = client.post(f"{stack.ingest_url}/v1/jobs", files={"files": (filename, data)},
+                               data={"prompt": prompt, "max_new_tokens": "24", **options})
+        response.raise_for_status()
+        job = response.json()
+        print(f"submitted {filename}: {job['id']} ({response.status_code}, "
+              f"Location {response.headers['location']})")
+        deadline = time.monotonic() + 120
+        while not job["terminal"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job['id']} still {job['status']} after 120 s")
+            time.sleep(0.2)
+            job = client.get(response.headers["location"]).json()
+        result = client.get(job["links"]["result"]).json()
+    return {"job": job, "result": result}
+
+
+def describe(outcome: dict[str, object]) -> str:
+    """A few lines about one finished job."""
+    job, result = outcome["job"], outcome["result"]
+    assert isinstance(job, dict) and isinstance(result, dict)
+    if job["status"] != "succeeded":
+        return f"  job {job['id']} {job['status']}: {result}"
+    timings = result["timings"]
+    grids = [f"{i['cols']}x{i['rows']}{'+thumb' if i['thumbnail'] else ''}"
+             for item in result["inputs"] for i in item["images"]]
+    return "\n".join([
+        f"  job id    {job['id']}",
+        f"  trace id  {job['trace_id']}",
+        f"  answer    {result['text']!r}  (random weights: the words are noise)",
+        f"  tiles     {', '.join(grids[:4])}{' ...' if len(grids) > 4 else ''}  "
+        f"({result['usage']['visual_tokens']} visual tokens)",
+        "  timings   " + ", ".join(f"{name.removesuffix('_seconds')} {value * 1000:.0f} ms"
+                                   for name, value in timings.items()),
+    ])
+
+
+def main() -> int:
+    """Run the demo; exit status 1 when a job did not succeed."""
+    with LocalStack() as stack:
+        print(f"ingest API  {stack.ingest_url}\nresults API {stack.results_url}\n"
+              f"redis       {stack.redis_url}\nS3          {stack.s3_endpoint}\n"
+              f"model       {stack.model_path}\n")
+        outcomes = [
+            run_job(stack, "landscape.jpg", sample_jpeg(), "Describe this picture."),
+            run_job(stack, "clip.mp4", sample_mp4(), "What happens in this video?",
+                    num_frames="8"),
+        ]
+    for outcome in outcomes:
+        print(describe(outcome))
+    return 0 if all(o["job"]["status"] == "succeeded" for o in outcomes) else 1  # type: ignore[index]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

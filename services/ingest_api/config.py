@@ -1,0 +1,34 @@
+"""Ingest API settings: what a request may carry."""
+
+from functools import lru_cache
+
+from pydantic import Field
+
+from shared.schemas import MediaKind
+from shared.settings import BaseServiceSettings
+
+MIB = 1024 * 1024
+
+
+class IngestSettings(BaseServiceSettings):
+    """Settings of the ingest API."""
+
+    OTEL_SERVICE_NAME: str = "ingest-api"
+    MAX_FILES: int = Field(default=16, ge=1)
+    MAX_IMAGE_BYTES: int = Field(default=32 * MIB, ge=1)
+    MAX_VIDEO_BYTES: int = Field(default=512 * MIB, ge=1)
+    MAX_PDF_BYTES: int = Field(default=128 * MIB, ge=1)
+    MAX_PROMPT_CHARS: int = Field(default=32_000, ge=1)
+    # Checked from Content-Length before the body is read.
+    MAX_REQUEST_BYTES: int = Field(default=1024 * MIB, ge=1)
+
+    def max_bytes(self, kind: MediaKind) -> int:
+        """The upload limit for one file of this kind."""
+        return {"image": self.MAX_IMAGE_BYTES, "video": self.MAX_VIDEO_BYTES,
+                "pdf": self.MAX_PDF_BYTES}[kind]
+
+
+@lru_cache
+def get_settings() -> IngestSettings:
+    """The API's settings, read once from the environment."""
+    return IngestSettings()

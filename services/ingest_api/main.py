@@ -1,0 +1,37 @@
+"""The ingest API app (`uvicorn services.ingest_api.main:app`)."""
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+
+from services.ingest_api.config import get_settings
+from services.ingest_api.routes import router
+from shared.celery_factory import create_celery_app
+from shared.errors import ErrorCode, TesseraError
+from shared.http_api import create_api, problem
+
+
+def create_app() -> FastAPI:
+    """Build the ingest API."""
+    settings = get_settings()
+    app = create_api(settings, title="Tessera ingest API",
+                     description="Submit images, videos and PDFs with a prompt to InternVL.")
+    app.state.producer = create_celery_app("ingest_api", settings)
+    app.include_router(router)
+
+    @app.middleware("http")
+    async def refuse_oversized_bodies(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Before the body is read, let alone stored: Content-Length is known up front.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.MAX_REQUEST_BYTES:
+            return problem(TesseraError(
+                ErrorCode.media_too_large,
+                f"The request is {int(length) // 2**20} MiB; the limit is "
+                f"{settings.MAX_REQUEST_BYTES // 2**20} MiB. Send fewer or smaller files."))
+        return await call_next(request)
+
+    return app
+
+
+app = create_app()

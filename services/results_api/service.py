@@ -1,0 +1,37 @@
+"""Reading results and event streams for the results API."""
+
+import json
+from collections.abc import Iterator
+
+from shared.errors import ErrorCode, TesseraError
+from shared.job_store import JobStore
+from shared.object_store import ObjectStore
+from shared.schemas import JobRecord, JobResult, JobStatus
+
+
+def finished_result(*, record: JobRecord, objects: ObjectStore) -> JobResult | None:
+    """The result of a succeeded job, None while it runs; an error for jobs that ended otherwise."""
+    if not record.status.terminal:
+        return None
+    if record.status is JobStatus.succeeded and record.result_key is not None:
+        return objects.get_model(record.result_key, JobResult)
+    job_error = record.error.model_dump(mode="json") if record.error else None
+    reason = record.error.message if record.error else f"The job ended as {record.status}."
+    raise TesseraError(ErrorCode.job_failed, f"Job {record.id} has no result: {reason}",
+                       job_status=record.status.value, job_error=job_error)
+
+
+def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
+                 poll_seconds: float) -> Iterator[str]:
+    """Server-sent events of a job's state changes from last_event_id on, ending after terminal."""
+    cursor = last_event_id or "0-0"
+    while True:
+        events = jobs.read_events(job_id, after=cursor, block_seconds=poll_seconds)
+        if not events:
+            yield ": keep-alive\n\n"
+            continue
+        for event_id, fields in events:
+            cursor = event_id
+            yield f"id: {event_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+            if JobStatus(json.loads(fields["data"])["status"]).terminal:
+                return

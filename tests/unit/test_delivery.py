@@ -1,0 +1,30 @@
+"""Webhook delivery pieces: event ids, payloads and the retry schedule."""
+
+import json
+from datetime import UTC, datetime
+
+from services.webhook_worker.delivery import backoff_seconds, build_payload, event_id
+from shared.schemas import GenerationParams, JobRecord, JobStatus, MediaOptions, StageTimes
+
+
+def test_event_id_is_stable_per_job_and_event() -> None:
+    assert event_id("job_1", "job.succeeded") == event_id("job_1", "job.succeeded")
+    assert event_id("job_1", "job.succeeded") != event_id("job_1", "job.failed")
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    delays = [backoff_seconds(n, base=1, cap=30) for n in range(12) for _ in range(20)]
+    assert all(0 <= d <= 30 for d in delays)
+    assert backoff_seconds(0, base=1, cap=30, retry_after=120) == 120
+
+
+def test_payload_carries_type_job_and_links() -> None:
+    now = datetime.now(UTC)
+    record = JobRecord(id="job_9", status=JobStatus.succeeded, model="m", prompt="p",
+                       generation=GenerationParams(), media_options=MediaOptions(), media=[],
+                       times=StageTimes(created_at=now), updated_at=now)
+    body = json.loads(build_payload(record=record, event_type="job.succeeded", result=None,
+                                    result_url="https://s3/x", base_url="http://h"))
+    assert body["type"] == "job.succeeded"
+    assert body["data"]["id"] == "job_9" and body["data"]["result_url"] == "https://s3/x"
+    assert body["data"]["links"]["result"] == "http://h/v1/jobs/job_9/result"

@@ -1,0 +1,26 @@
+"""Uploads are recognised by their bytes."""
+
+import pytest
+
+from scripts.sample_media import encode_image, sample_image, sample_mp4, sample_pdf
+from shared.media_types import sniff_media_type
+
+
+@pytest.mark.parametrize(("fmt", "mime"), [
+    ("JPEG", "image/jpeg"), ("PNG", "image/png"), ("GIF", "image/gif"), ("WEBP", "image/webp"),
+    ("BMP", "image/bmp"), ("TIFF", "image/tiff"),
+])
+def test_images_are_recognised_by_content(fmt: str, mime: str) -> None:
+    data = encode_image(sample_image(64, 48), fmt)
+    assert sniff_media_type(data[:16]) == ("image", mime)
+
+
+def test_video_and_pdf_are_recognised() -> None:
+    assert sniff_media_type(sample_mp4(seconds=0.5)[:16]) == ("video", "video/mp4")
+    assert sniff_media_type(sample_pdf(1)[:16]) == ("pdf", "application/pdf")
+    assert sniff_media_type(b"\x1a\x45\xdf\xa3" + bytes(12)) == ("video", "video/webm")
+
+
+@pytest.mark.parametrize("head", [b"", b"hello world", b"PK\x03\x04zipfile", bytes(16)])
+def test_unknown_content_is_not_guessed(head: bytes) -> None:
+    assert sniff_media_type(head) is None
