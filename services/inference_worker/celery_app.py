@@ -12,7 +12,7 @@ _engine: Engine | None = None
 def _load_engine() -> None:
     # Loaded once per process, after fork: CUDA contexts and model threads do not survive fork.
     global _engine
-    _engine = load_engine(settings.ENGINE, settings.MODEL_PATH, device=settings.DEVICE)
+    _engine = load_engine(settings.ENGINE, settings.MODEL_PATH, **settings.engine_options())
 
 
 def process_engine() -> Engine:
@@ -25,3 +25,6 @@ def process_engine() -> Engine:
 app = create_worker_app("inference_worker", settings, queue=inference_queue(settings.MODEL_NAME),
                         tasks_module="services.inference_worker.tasks",
                         on_process_init=_load_engine)
+# A pool process loads its model in worker_process_init; Celery's default 4 s would kill it
+# mid-load and start another forever.
+app.conf.worker_proc_alive_timeout = settings.MODEL_LOAD_TIMEOUT_SECONDS

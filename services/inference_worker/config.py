@@ -2,7 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import Field
 
 from shared.settings import BaseServiceSettings
 
@@ -15,7 +17,30 @@ class InferenceSettings(BaseServiceSettings):
     # A local checkpoint directory; hub names are never resolved at run time.
     MODEL_PATH: Path = Path(".models/tiny-internvl")
     ENGINE: Literal["transformers", "lmdeploy"] = "transformers"
+    MODEL_LOAD_TIMEOUT_SECONDS: float = Field(default=1800.0, gt=0)
+    # transformers engine
     DEVICE: str = "cpu"
+    # LMDeploy engine (DESIGN.md §4): placement, KV cache and quantisation.
+    LMDEPLOY_BACKEND: Literal["auto", "turbomind", "pytorch"] = "auto"
+    TP: int = Field(default=1, ge=1)
+    GPU_IDS: str = ""
+    SESSION_LEN: int | None = Field(default=None, ge=256)
+    KV_CACHE_SHARE: float = Field(default=0.8, gt=0, le=1)
+    KV_QUANT_POLICY: Literal[0, 4, 8] = 0
+    MODEL_FORMAT: Literal["hf", "awq"] | None = None
+    MAX_BATCH_SIZE: int | None = Field(default=None, ge=1)
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword arguments for the configured engine's constructor."""
+        if self.ENGINE == "transformers":
+            return {"device": self.DEVICE}
+        return {
+            "backend": self.LMDEPLOY_BACKEND, "tp": self.TP,
+            "devices": [int(gpu) for gpu in self.GPU_IDS.split(",") if gpu.strip()] or None,
+            "session_len": self.SESSION_LEN, "cache_max_entry_count": self.KV_CACHE_SHARE,
+            "quant_policy": self.KV_QUANT_POLICY, "model_format": self.MODEL_FORMAT,
+            "max_batch_size": self.MAX_BATCH_SIZE,
+        }
 
 
 @lru_cache

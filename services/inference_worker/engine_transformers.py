@@ -1,0 +1,168 @@
+"""The reference engine: InternVL through transformers' generate, batches left-padded."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, InternVLForConditionalGeneration
+
+from services.inference_worker.engine import (
+    TILE_SIZE,
+    EngineImage,
+    EngineOutput,
+    EngineRequest,
+    tokens_per_tile,
+    user_prompt,
+)
+from shared.errors import ErrorCode, TesseraError
+from shared.pixels import normalize_tiles
+from shared.schemas import GenerationParams
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One request turned into model inputs, with its token budget."""
+
+    input_ids: list[int]
+    tiles: np.ndarray  # uint8 (n, 448, 448, 3), all images in prompt order
+    max_new_tokens: int
+    min_new_tokens: int
+
+
+class TransformersEngine:
+    """InternVLForConditionalGeneration loaded once; `generate` answers one request at a time."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: Path, *, device: str = "cpu", dtype: str = "auto") -> None:
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
+        model = InternVLForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype)
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]
+        config = self.model.config
+        vision = config.vision_config
+        self.tokens_per_tile = tokens_per_tile(vision.image_size, vision.patch_size,
+                                               config.downsample_ratio)
+        self.max_positions = int(config.text_config.max_position_embeddings)
+        self.image_token_id = int(config.image_token_id)
+        self._image_token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+        self._image_start = getattr(self.tokenizer, "start_image_token", "<img>")
+        self._image_end = getattr(self.tokenizer, "end_image_token", "</img>")
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.append(self.tokenizer.eos_token_id)
+        if not eos_ids:
+            raise ValueError(f"{model_path} defines no end-of-sequence token")
+        self.eos_token_ids = sorted(set(eos_ids))
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
+        # One generate at a time: seeding swaps the global RNG, and the model is not re-entrant.
+        self._lock = threading.Lock()
+
+    def generate(self, request: EngineRequest) -> EngineOutput:
+        """Answer one request."""
+        return self.generate_batch([request])[0]
+
+    def generate_batch(self, requests: list[EngineRequest]) -> list[EngineOutput]:
+        """Answer several requests, one padded `generate` per group with equal decoding settings.
+
+        Every request is checked before any runs: one that cannot run fails the whole call.
+        """
+        prepared = [self._prepare(request) for request in requests]
+        groups: dict[tuple[str, int, int], list[int]] = {}
+        for index, (request, item) in enumerate(zip(requests, prepared, strict=True)):
+            key = (request.generation.model_dump_json(), item.max_new_tokens, item.min_new_tokens)
+            groups.setdefault(key, []).append(index)
+        outputs: list[EngineOutput | None] = [None] * len(requests)
+        for indices in groups.values():
+            group = [prepared[i] for i in indices]
+            for index, output in zip(indices, self._run(group, requests[indices[0]].generation),
+                                     strict=True):
+                outputs[index] = output
+        return [output for output in outputs if output is not None]
+
+    def prompt(self, request: EngineRequest) -> str:
+        """The full chat prompt, each image expanded into `<img>`, its context tokens, `</img>`."""
+        user = user_prompt(request, render_image=self._render_image)
+        return cast(str, self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True))
+
+    def _render_image(self, image: EngineImage) -> str:
+        context = self._image_token * (self.tokens_per_tile * image.num_tiles)
+        return f"{self._image_start}{context}{self._image_end}"
+
+    def _prepare(self, request: EngineRequest) -> _Prepared:
+        input_ids: list[int] = self.tokenizer(self.prompt(request),
+                                              add_special_tokens=False)["input_ids"]
+        num_tiles = sum(image.num_tiles for image in request.images)
+        visual = self.tokens_per_tile * num_tiles
+        if input_ids.count(self.image_token_id) != visual:
+            raise TesseraError(
+                ErrorCode.invalid_request,
+                f"The question contains InternVL's reserved image tokens ({self._image_start}, "
+                f"{self._image_end}, {self._image_token}); remove them and resubmit.")
+        room = self.max_positions - len(input_ids)
+        if room < 1:
+            raise TesseraError(
+                ErrorCode.context_overflow,
+                f"The prompt needs {len(input_ids)} tokens ({visual} of them for {num_tiles} "
+                f"image tiles at {self.tokens_per_tile} each) but the model reads at most "
+                f"{self.max_positions}; send fewer tiles, frames or pages, or a shorter question.",
+                prompt_tokens=len(input_ids), max_positions=self.max_positions)
+        tiles = (np.concatenate([image.tiles for image in request.images])
+                 if request.images else np.zeros((0, TILE_SIZE, TILE_SIZE, 3), dtype=np.uint8))
+        max_new = min(request.generation.max_new_tokens, room)
+        return _Prepared(input_ids=input_ids, tiles=tiles, max_new_tokens=max_new,
+                         min_new_tokens=min(request.generation.min_new_tokens, max_new))
+
+    def _run(self, group: list[_Prepared], generation: GenerationParams) -> list[EngineOutput]:
+        width = max(len(item.input_ids) for item in group)
+        input_ids = torch.full((len(group), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, item in enumerate(group):
+            input_ids[row, width - len(item.input_ids):] = torch.tensor(item.input_ids)
+            attention_mask[row, width - len(item.input_ids):] = 1
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+            "max_new_tokens": group[0].max_new_tokens,
+            "min_new_tokens": group[0].min_new_tokens,
+            "repetition_penalty": generation.repetition_penalty,
+            "eos_token_id": self.eos_token_ids,
+            "pad_token_id": self.pad_token_id,
+            "do_sample": not generation.greedy,
+        }
+        if not generation.greedy:
+            kwargs.update(temperature=generation.temperature, top_p=generation.top_p, top_k=0)
+        tiles = np.concatenate([item.tiles for item in group])
+        if len(tiles):
+            kwargs["pixel_values"] = torch.from_numpy(normalize_tiles(tiles)).to(
+                self.device, dtype=self.model.dtype)
+        with self._lock, torch.inference_mode():
+            if generation.greedy or generation.seed is None:
+                sequences = self.model.generate(**kwargs)
+            else:
+                devices = [self.device.index or 0] if self.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(generation.seed)
+                    sequences = self.model.generate(**kwargs)
+        return [self._output(item, sequences[row, width:].tolist())
+                for row, item in enumerate(group)]
+
+    def _output(self, item: _Prepared, new_tokens: list[int]) -> EngineOutput:
+        stop = next((i for i, token in enumerate(new_tokens) if token in self.eos_token_ids), None)
+        completion = new_tokens if stop is None else new_tokens[:stop]
+        return EngineOutput(
+            text=cast(str, self.tokenizer.decode(completion, skip_special_tokens=True)),
+            prompt_tokens=len(item.input_ids),
+            completion_tokens=len(completion),
+            finish_reason="length" if stop is None else "stop",
+        )
+
