@@ -2,8 +2,8 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
-from pydantic import ConfigDict, HttpUrl
+from fastapi import APIRouter, Form, Response, UploadFile
+from pydantic import ConfigDict, Field, HttpUrl
 
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Upload, submit_job
@@ -18,13 +18,14 @@ class JobForm(GenerationParams, MediaOptions):
 
     model_config = ConfigDict(extra="forbid")
 
+    files: list[UploadFile] = Field(description="Images, videos or PDFs, in prompt order")
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
 
     def to_create(self) -> JobCreate:
         """The structured request this form stands for."""
-        fields = self.model_dump(exclude_unset=True)
+        fields = self.model_dump(exclude_unset=True, exclude={"files"})
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
             generation=GenerationParams.model_validate(
@@ -36,14 +37,12 @@ class JobForm(GenerationParams, MediaOptions):
 
 @router.post("/jobs", status_code=202, response_model=JobPublic,
              summary="Submit media and a prompt; answers at once with the queued job")
-def create_job(form: Annotated[JobForm, Form()],
-               files: Annotated[list[UploadFile], File(description="Images, videos or PDFs")],
-               response: Response, settings: SettingsDep, objects: ObjectStoreDep,
+def create_job(form: Annotated[JobForm, Form()], response: Response, settings: SettingsDep, objects: ObjectStoreDep,
                jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
     """Accept a job: 202 with the job object and its Location."""
     record = submit_job(request=form.to_create(),
                         uploads=[Upload(item.filename or f"file-{i}", item.file)
-                                 for i, item in enumerate(files)],
+                                 for i, item in enumerate(form.files)],
                         settings=settings, objects=objects, jobs=jobs, producer=producer)
     job = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
     response.headers["Location"] = job.links.self
