@@ -151,12 +151,15 @@ class LocalStack:
             return http_answers(self.ingest_url + "/healthz")
         if name == "results-api":
             return http_answers(self.results_url + "/healthz")
-        return " ready." in (self.work_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        log = (self.work_dir / "logs" / f"{name}.log").read_text(errors="replace")
+        # Celery's " ready." comes from the parent; pool children may still be loading a model.
+        return " ready." in log and (name != "inference-worker" or "engine ready:" in log)
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.work_dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - child owns it
+        env = dict(os.environ) if name in INFRASTRUCTURE else self.env
         # Own process group: stop() ends the Celery pool children with their parent.
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=self.env, stdout=log,
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         return process

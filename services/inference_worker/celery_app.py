@@ -1,18 +1,27 @@
 """The inference worker's Celery app: one engine per pool process, on its model's queue."""
 
+import logging
+import time
+
 from services.inference_worker.config import get_settings
 from services.inference_worker.engine import Engine, load_engine
 from shared.queues import inference_queue
 from shared.worker_runtime import create_worker_app
 
+log = logging.getLogger(__name__)
 settings = get_settings()
+# Logged by each pool process once it can take jobs; the local stack waits for it.
+ENGINE_READY = "engine ready:"
 _engine: Engine | None = None
 
 
 def _load_engine() -> None:
     # Loaded once per process, after fork: CUDA contexts and model threads do not survive fork.
     global _engine
+    started = time.perf_counter()
     _engine = load_engine(settings.ENGINE, settings.MODEL_PATH, **settings.engine_options())
+    log.info("%s %s (%s engine loaded in %.1f s)", ENGINE_READY, settings.MODEL_PATH,
+             _engine.name, time.perf_counter() - started)
 
 
 def process_engine() -> Engine:
