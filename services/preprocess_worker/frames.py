@@ -157,6 +157,8 @@ class _Cursor:
         self._container = container
         self._stream = stream
         self._base = base
+        self._origin = _origin(stream)
+        self._one_second = max(1, round(1 / base))
         self._deadline = deadline
         self._frames: Iterator[VideoFrame] = iter(())
         self._previous: VideoFrame | None = None
@@ -186,26 +188,49 @@ class _Cursor:
         return index >= 0 and entries[index].timestamp > _pts(self._current)
 
     def _seek(self, target: int) -> None:
-        """Jump to the keyframe at or before `target` and restart decoding there."""
-        self._container.seek(target, stream=self._stream, backward=True)
-        self._frames = self._container.decode(self._stream)
-        self._previous = self._current = None
-        self._exhausted = False
+        """Restart decoding at a keyframe at or before `target`.
 
-    def _advance(self) -> None:
-        """Decode the next timestamped frame, or note the end of the stream."""
-        for frame in self._frames:
-            self._deadline.check()
-            if frame.pts is not None:
-                self._previous, self._current = self._current, frame
-                return
+        Some demuxers (MPEG-TS, for one) land after the target or past the last frame, so
+        seek again from further back, doubling the distance, until rewound to the start.
+        """
+        back = 0
+        while True:
+            position = target - back
+            rewind = position <= self._origin
+            if rewind:
+                # Timestamp 0 of the whole file rewinds every demuxer tried; a seek to the
+                # stream's first timestamp lands late in MPEG-TS and one before it fails in FLV.
+                self._container.seek(0)
+            else:
+                self._container.seek(position, stream=self._stream, backward=True)
+            self._frames = self._container.decode(self._stream)
+            self._previous, self._exhausted = None, False
+            self._current = self._next_frame()
+            if rewind or (self._current is not None and _pts(self._current) <= target):
+                break
+            back = max(2 * back, self._one_second)
         if self._current is None:
             raise TesseraError(
                 ErrorCode.decode_failed,
                 "The video stream holds no decodable frames: re-encode it (H.264 in MP4 "
                 "works everywhere) and upload it again.",
             )
-        self._exhausted = True
+
+    def _advance(self) -> None:
+        """Step to the next frame, or note the end of the stream."""
+        frame = self._next_frame()
+        if frame is None:
+            self._exhausted = True
+        else:
+            self._previous, self._current = self._current, frame
+
+    def _next_frame(self) -> VideoFrame | None:
+        """Decode the next frame that has a timestamp; None at the end of the stream."""
+        for frame in self._frames:
+            self._deadline.check()
+            if frame.pts is not None:
+                return frame
+        return None
 
 
 def _sample(

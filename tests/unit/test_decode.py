@@ -57,6 +57,15 @@ def test_sniff_media_kind_recognises_magic_bytes(head: bytes, kind: str | None) 
     assert sniff_media_kind(head) == kind
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_decode_image_reads_every_supported_format(fmt: str) -> None:
+    data = encode(Image.new("RGB", (24, 16), (200, 40, 40)), fmt)
+    assert sniff_media_kind(data[:16]) == "image"
+    image = decode_image(data)
+    assert (image.mode, image.size) == ("RGB", (24, 16))
+    assert close_to(image.getpixel((12, 8)), (200, 40, 40))
+
+
 def test_decode_image_applies_exif_orientation() -> None:
     # Stored 40x20, left half red, right half blue; orientation 6 means "turn 90° clockwise".
     stored = Image.new("RGB", (40, 20), (0, 0, 255))

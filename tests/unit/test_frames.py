@@ -79,8 +79,15 @@ def test_sample_frames_matches_midpoints_for_any_count(video: bytes, num_frames:
                                              for i in range(num_frames)]
 
 
-def test_sample_frames_is_frame_exact_around_keyframes_with_b_frames() -> None:
-    video = make_video(keyframe_interval=5)
+@pytest.mark.parametrize(("container", "codec"), [
+    ("mp4", "libx264"),
+    ("matroska", "libx264"),
+    ("webm", "libvpx-vp9"),
+    # No seek index, and its seeks land after the target: exercises the back-off.
+    ("mpegts", "libx264"),
+])
+def test_sample_frames_is_frame_exact_around_keyframes(container: str, codec: str) -> None:
+    video = make_video(container=container, codec=codec, keyframe_interval=5)
     for seconds in [0.0, 0.49, 0.5, 0.51, 0.99, 1.0, 1.45, 2.95]:
         sampled = sample_frames(video, num_frames=1, start=seconds - 0.001, end=seconds + 0.001)
         assert frame_indices(sampled.frames) == [on_screen(seconds)], seconds
