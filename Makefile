@@ -28,7 +28,7 @@ test: model
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services scripts
+	$(BIN)/mypy shared services scripts tests
 
 clean:
 	rm -rf $(VENV) .local .models

@@ -6,6 +6,9 @@ from shared.schemas import MediaKind
 
 # Enough bytes to recognise every supported container.
 SNIFF_BYTES = 16
+# ISO-BMFF brands of still images (HEIF/AVIF): they share MP4's 'ftyp' box but are no videos.
+_STILL_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
+                                 b"avis"})
 
 
 class MediaType(NamedTuple):
@@ -31,9 +34,8 @@ def sniff_media_type(head: bytes) -> MediaType | None:
         return MediaType("image", "image/tiff")
     if head.startswith(b"%PDF-"):
         return MediaType("pdf", "application/pdf")
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        return MediaType("video", "video/quicktime" if brand == b"qt  " else "video/mp4")
+    if head[4:8] == b"ftyp" and head[8:12] not in _STILL_IMAGE_BRANDS:
+        return MediaType("video", "video/quicktime" if head[8:12] == b"qt  " else "video/mp4")
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return MediaType("video", "video/webm")
     return None

@@ -37,8 +37,8 @@ class JobForm(GenerationParams, MediaOptions):
 
 @router.post("/jobs", status_code=202, response_model=JobPublic,
              summary="Submit media and a prompt; answers at once with the queued job")
-def create_job(form: Annotated[JobForm, Form()], response: Response, settings: SettingsDep, objects: ObjectStoreDep,
-               jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
+def create_job(form: Annotated[JobForm, Form()], response: Response, settings: SettingsDep,
+               objects: ObjectStoreDep, jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
     """Accept a job: 202 with the job object and its Location."""
     record = submit_job(request=form.to_create(),
                         uploads=[Upload(item.filename or f"file-{i}", item.file)

@@ -1,4 +1,4 @@
-"""Recognise uploads by their magic bytes and decode images safely into plain RGB."""
+"""Decodes uploaded images safely into plain upright RGB."""
 
 import io
 import struct
@@ -17,33 +17,6 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 # Pillow's convert() clips these to 0..255 instead of scaling them, which turns most of a
 # 16-bit grayscale image white.
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-# ISO-BMFF brands of still images (HEIF/AVIF), which share MP4's 'ftyp' box but are not videos.
-_STILL_IMAGE_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
-                                 b"avis"})
-_IMAGE_MAGIC = (
-    b"\xff\xd8\xff",  # JPEG
-    b"\x89PNG\r\n\x1a\n",
-    b"GIF87a",
-    b"GIF89a",
-    b"BM",
-    b"II*\x00",  # TIFF, little-endian
-    b"MM\x00*",  # TIFF, big-endian
-)
-
-
-def sniff_media_kind(head: bytes) -> str | None:
-    """Say whether the first bytes of a file are an "image", a "video" or a "pdf" (else None)."""
-    if head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
-        return "image"
-    if head[4:8] == b"ftyp":
-        return None if head[8:12] in _STILL_IMAGE_BRANDS else "video"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):  # EBML: WebM and Matroska
-        return "video"
-    if head.startswith(b"%PDF-"):
-        return "pdf"
-    return None
-
-
 def decode_image(
     data: bytes, *, max_pixels: int = 80_000_000, max_aspect: float = 200.0
 ) -> Image.Image:

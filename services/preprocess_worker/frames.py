@@ -32,6 +32,8 @@ class SampledFrames:
     frames: npt.NDArray[np.uint8]  # (N, 448, 448, 3) RGB
     timestamps: list[float]  # seconds from the start of the video, of each picked frame
     duration: float  # seconds, of the whole video
+    width: int  # of the upright source frames, before resizing to a tile
+    height: int
 
 
 def sample_frames(
@@ -244,12 +246,16 @@ def _sample(
     """Decode the frame on screen at each target time and make it one upright tile."""
     tiles = np.empty((len(targets), TILE_SIZE, TILE_SIZE, 3), dtype=np.uint8)
     timestamps = []
+    size = (0, 0)
     for i, target in enumerate(targets):
         frame = frames.frame_at(origin + round(Fraction(target) / base))
-        tiles[i] = tile_image(_upright(frame), _FRAME_PLAN)[0]
+        upright = _upright(frame)
+        size = upright.size
+        tiles[i] = tile_image(upright, _FRAME_PLAN)[0]
         timestamps.append(float((_pts(frame) - origin) * base))
         deadline.check()
-    return SampledFrames(frames=tiles, timestamps=timestamps, duration=duration)
+    return SampledFrames(frames=tiles, timestamps=timestamps, duration=duration,
+                         width=size[0], height=size[1])
 
 
 def _pts(frame: VideoFrame) -> int:

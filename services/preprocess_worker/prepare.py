@@ -36,9 +36,8 @@ def _prepare_input(data: bytes, ref: MediaRef, options: MediaOptions,
         sampled = sample_frames(data, num_frames=options.num_frames, start=options.start_seconds,
                                 end=options.end_seconds,
                                 max_decode_seconds=settings.MAX_VIDEO_DECODE_SECONDS)
-        height, width = sampled.frames.shape[1:3]
         single = TilePlan(cols=1, rows=1, thumbnail=False)
-        return sampled.frames, [_tiling(width, height, single, timestamp_seconds=t)
+        return sampled.frames, [_tiling(sampled.width, sampled.height, single, timestamp_seconds=t)
                                 for t in sampled.timestamps]
     if ref.kind == "pdf":
         pages = render_pages(data, first_page=options.first_page, last_page=options.last_page,

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from services.inference_worker.answer import engine_images, stage_timings
-from shared.schemas import ImageTiling, PreparedInput, StageTimes
+from shared.schemas import ImageTiling, MediaKind, PreparedInput, StageTimes
 
 
 def _tiling(cols: int, rows: int) -> ImageTiling:
@@ -14,8 +14,8 @@ def _tiling(cols: int, rows: int) -> ImageTiling:
                        num_tiles=tiles, visual_tokens=256 * tiles)
 
 
-def _input(index: int, kind: str, tilings: list[ImageTiling]) -> PreparedInput:
-    return PreparedInput(index=index, kind=kind, tiles_key="k", images=tilings)  # type: ignore[arg-type]
+def _input(index: int, kind: MediaKind, tilings: list[ImageTiling]) -> PreparedInput:
+    return PreparedInput(index=index, kind=kind, tiles_key="k", images=tilings)
 
 
 def test_lone_image_has_no_label_and_all_its_tiles() -> None:
