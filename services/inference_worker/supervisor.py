@@ -1,0 +1,295 @@
+"""Inference entrypoint: plan GPU placement, run one Celery worker per replica, keep them up.
+
+`python -m services.inference_worker.supervisor` reads the models to serve (SUPERVISOR_MODELS, or
+one model from MODEL_NAME / MODEL_PATH), the node's GPUs (NVML, or GPU_INVENTORY), plans replicas
+with `placement.plan_placement`, and starts each replica as its own Celery worker on its model's
+queue, pinned to its GPUs. A replica that exits is restarted with exponential backoff; after
+SUPERVISOR_MAX_FAST_CRASHES consecutive quick deaths the supervisor stops everything and exits 1,
+so compose or Kubernetes shows the failure. SIGTERM/SIGINT are forwarded to every worker (Celery's
+warm shutdown finishes running tasks) and the supervisor exits once they have.
+
+The same entrypoint serves both deployments: on a docker-compose GPU host it sees every GPU and
+runs every replica; in Kubernetes a pod sees only the GPUs it requested (ids from 0), so a model
+entry with `"replicas": 1` in a pod sized to its TP runs exactly one replica per pod. With no GPU
+it runs one CPU replica per model on the transformers engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import FrameType
+from typing import Literal
+
+from pydantic import BaseModel, Field, TypeAdapter
+
+from services.inference_worker.catalog import resolve_spec
+from services.inference_worker.inventory import detect_gpus
+from services.inference_worker.placement import GPU, ModelDemand, Plan, plan_placement
+from shared.queues import inference_queue
+from shared.settings import BaseServiceSettings
+
+log = logging.getLogger(__name__)
+
+CommandFactory = Callable[[str, str], list[str]]
+DEFAULT_CONTEXT_LENGTH = 8192
+
+
+class ModelEntry(BaseModel):
+    """One model to serve, as SUPERVISOR_MODELS lists it."""
+
+    name: str
+    path: Path
+    quantization: Literal["bf16", "awq"] | None = None
+    context_length: int | None = Field(default=None, ge=1)
+    concurrency: int = Field(default=1, ge=1)
+    kv_quant_bits: Literal[16, 8, 4] = 16
+    replicas: int | None = Field(default=None, ge=1)
+    engine: Literal["transformers", "lmdeploy"] | None = None
+
+
+class SupervisorSettings(BaseServiceSettings):
+    """Settings of the inference supervisor (the workers it starts read their own)."""
+
+    OTEL_SERVICE_NAME: str = "inference-supervisor"
+    # A JSON list of ModelEntry objects; unset means the one model below.
+    SUPERVISOR_MODELS: str | None = None
+    MODEL_NAME: str = "tiny-internvl"
+    MODEL_PATH: Path = Path(".models/tiny-internvl")
+    # "8x80", "0:80,1:24" or "none"; unset means ask NVML.
+    GPU_INVENTORY: str | None = None
+    SUPERVISOR_RESTART_BACKOFF_SECONDS: float = Field(default=1.0, gt=0)
+    SUPERVISOR_MAX_BACKOFF_SECONDS: float = Field(default=60.0, gt=0)
+    # A worker that dies sooner than this after starting counts as a fast crash.
+    SUPERVISOR_FAST_CRASH_SECONDS: float = Field(default=60.0, gt=0)
+    SUPERVISOR_MAX_FAST_CRASHES: int = Field(default=5, ge=1)
+    # Warm shutdown waits for running jobs: as long as the longest job (compose's grace period).
+    SUPERVISOR_STOP_TIMEOUT_SECONDS: float = Field(default=900.0, gt=0)
+
+    def model_entries(self) -> list[ModelEntry]:
+        """The models to serve: SUPERVISOR_MODELS, else MODEL_NAME at MODEL_PATH."""
+        if self.SUPERVISOR_MODELS:
+            return TypeAdapter(list[ModelEntry]).validate_json(self.SUPERVISOR_MODELS)
+        return [ModelEntry(name=self.MODEL_NAME, path=self.MODEL_PATH)]
+
+
+@lru_cache
+def get_settings() -> SupervisorSettings:
+    """The supervisor's settings, read once from the environment."""
+    return SupervisorSettings()
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """One process to keep running: its name, command and the environment it adds."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+
+
+def celery_command(hostname: str, queue: str) -> list[str]:
+    """The Celery worker command of one replica; pool and concurrency come from its settings."""
+    return [sys.executable, "-m", "celery", "-A", "services.inference_worker.celery_app",
+            "worker", "--hostname", hostname, "--queues", queue, "--loglevel", "INFO"]
+
+
+def model_demand(entry: ModelEntry) -> ModelDemand:
+    """The placement demand of an entry, its spec from the checkpoint or else the catalogue."""
+    spec = resolve_spec(entry.name, entry.path)
+    quantization = entry.quantization or (
+        "awq" if spec.path is not None and "awq" in spec.quantizations else "bf16")
+    context = entry.context_length or min(DEFAULT_CONTEXT_LENGTH,
+                                          spec.max_context or DEFAULT_CONTEXT_LENGTH)
+    return ModelDemand(entry.name, spec, quantization, context, entry.concurrency,
+                       entry.kv_quant_bits, entry.replicas)
+
+
+def build_workers(entries: Sequence[ModelEntry], gpus: list[GPU],
+                  command_factory: CommandFactory = celery_command,
+                  ) -> tuple[Plan | None, list[WorkerSpec]]:
+    """The plan (None on a CPU-only host) and one worker per replica, pinned to its GPUs."""
+    if not gpus:
+        workers = []
+        for entry in entries:
+            if entry.engine == "lmdeploy":
+                raise ValueError(f"{entry.name}: LMDeploy needs a GPU and this host has none")
+            env = {"MODEL_NAME": entry.name, "MODEL_PATH": str(entry.path),
+                   "ENGINE": "transformers", "DEVICE": "cpu", "TP": "1", "GPU_IDS": "",
+                   "CUDA_VISIBLE_DEVICES": ""}
+            workers.append(WorkerSpec(f"{entry.name}-r0", command_factory(
+                f"{entry.name}-r0@%h", inference_queue(entry.name)), env))
+        return None, workers
+    demands = [model_demand(entry) for entry in entries]
+    plan = plan_placement(gpus, demands)
+    by_name = {entry.name: entry for entry in entries}
+    workers = []
+    for model in plan.models:
+        entry, demand = by_name[model.demand.name], model.demand
+        engine = entry.engine or "lmdeploy"
+        if engine == "transformers" and model.tp > 1:
+            raise ValueError(f"{entry.name}: the transformers engine cannot run TP {model.tp}")
+        for replica in model.replicas:
+            ids = ",".join(map(str, replica.gpu_ids))
+            env = {"MODEL_NAME": entry.name, "MODEL_PATH": str(entry.path), "ENGINE": engine,
+                   "TP": str(replica.tp), "GPU_IDS": ids, "CUDA_VISIBLE_DEVICES": ids,
+                   # CUDA numbers GPUs fastest-first by default; NVML (our ids) by PCI bus.
+                   "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                   "SESSION_LEN": str(demand.context_length),
+                   "KV_QUANT_POLICY": str(0 if demand.kv_quant_bits == 16
+                                          else demand.kv_quant_bits)}
+            if engine == "transformers":
+                env["DEVICE"] = "cuda"
+            if demand.quantization == "awq":
+                env["MODEL_FORMAT"] = "awq"
+            name = f"{entry.name}-r{replica.index}"
+            workers.append(WorkerSpec(name, command_factory(
+                f"{name}@%h", inference_queue(entry.name)), env))
+    return plan, workers
+
+
+class SupervisorGaveUp(RuntimeError):
+    """A worker kept dying right after it started."""
+
+
+@dataclass
+class _Slot:
+    spec: WorkerSpec
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    fast_crashes: int = 0
+    restart_at: float | None = None
+
+
+class ProcessSupervisor:
+    """Keeps a fixed set of worker processes running; stops them with SIGTERM and waits."""
+
+    def __init__(self, workers: Sequence[WorkerSpec], *, backoff_seconds: float = 1.0,
+                 max_backoff_seconds: float = 60.0, fast_crash_seconds: float = 60.0,
+                 max_fast_crashes: int = 5, stop_timeout_seconds: float = 900.0) -> None:
+        self._slots = [_Slot(spec) for spec in workers]
+        self.backoff_seconds = backoff_seconds
+        self.max_backoff_seconds = max_backoff_seconds
+        self.fast_crash_seconds = fast_crash_seconds
+        self.max_fast_crashes = max_fast_crashes
+        self.stop_timeout_seconds = stop_timeout_seconds
+
+    def pids(self) -> dict[str, int | None]:
+        """Each worker's current process id (None while it waits to restart)."""
+        return {slot.spec.name: slot.process.pid if slot.process else None
+                for slot in self._slots}
+
+    def start(self) -> None:
+        """Start every worker."""
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def poll(self) -> None:
+        """Notice exited workers, schedule their restart, and restart those whose wait is over."""
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.process is not None:
+                code = slot.process.poll()
+                if code is None:
+                    continue
+                lived = now - slot.started_at
+                slot.process = None
+                slot.fast_crashes = slot.fast_crashes + 1 if lived < self.fast_crash_seconds else 0
+                if slot.fast_crashes >= self.max_fast_crashes:
+                    raise SupervisorGaveUp(
+                        f"{slot.spec.name} died {slot.fast_crashes} times in a row within "
+                        f"{self.fast_crash_seconds:g} s of starting (last exit code {code})")
+                delay = min(self.max_backoff_seconds,
+                            self.backoff_seconds * 2 ** max(0, slot.fast_crashes - 1))
+                log.warning("%s exited with code %s after %.1f s; restarting in %.1f s",
+                            slot.spec.name, code, lived, delay)
+                slot.restart_at = now + delay
+            if slot.restart_at is not None and now >= slot.restart_at:
+                self._spawn(slot)
+
+    def stop(self) -> None:
+        """SIGTERM every worker, wait for them to finish, SIGKILL any still alive at the timeout."""
+        running = [slot for slot in self._slots if slot.process is not None]
+        for slot in running:
+            assert slot.process is not None
+            log.info("sending SIGTERM to %s (pid %d)", slot.spec.name, slot.process.pid)
+            slot.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_seconds
+        for slot in running:
+            assert slot.process is not None
+            try:
+                slot.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop within %.0f s; killing it", slot.spec.name,
+                          self.stop_timeout_seconds)
+                slot.process.kill()
+                slot.process.wait()
+            log.info("%s stopped with code %s", slot.spec.name, slot.process.returncode)
+            slot.process = None
+        for slot in self._slots:
+            slot.restart_at = None
+
+    def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> int:
+        """Start the workers, keep them up until `stop` is set; 0 when stopped, 1 on giving up."""
+        self.start()
+        try:
+            while not stop.wait(poll_seconds):
+                self.poll()
+        except SupervisorGaveUp as error:
+            log.error("giving up: %s", error)
+            return 1
+        finally:
+            self.stop()
+        return 0
+
+    def _spawn(self, slot: _Slot) -> None:
+        # A session of its own: a terminal's Ctrl-C reaches the worker only through us, once.
+        # The command comes from our own factory and settings, never from a request.
+        slot.process = subprocess.Popen(slot.spec.command,  # noqa: S603
+                                        env={**os.environ, **slot.spec.env},
+                                        start_new_session=True)
+        slot.started_at = time.monotonic()
+        slot.restart_at = None
+        log.info("started %s (pid %d): %s %s", slot.spec.name, slot.process.pid,
+                 " ".join(f"{key}={value}" for key, value in sorted(slot.spec.env.items())),
+                 " ".join(slot.spec.command))
+
+
+def main(command_factory: CommandFactory = celery_command) -> int:
+    """Plan, start the workers and supervise them until SIGTERM or SIGINT."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s supervisor: %(message)s")
+    settings = get_settings()
+    gpus = detect_gpus(settings.GPU_INVENTORY)
+    log.info("GPUs: %s", ", ".join(f"{gpu.id}:{gpu.memory_gb:.0f}GB" for gpu in gpus) or "none")
+    plan, workers = build_workers(settings.model_entries(), gpus, command_factory)
+    if plan is not None:
+        log.info("placement plan:\n%s", plan.explain())
+    supervisor = ProcessSupervisor(
+        workers, backoff_seconds=settings.SUPERVISOR_RESTART_BACKOFF_SECONDS,
+        max_backoff_seconds=settings.SUPERVISOR_MAX_BACKOFF_SECONDS,
+        fast_crash_seconds=settings.SUPERVISOR_FAST_CRASH_SECONDS,
+        max_fast_crashes=settings.SUPERVISOR_MAX_FAST_CRASHES,
+        stop_timeout_seconds=settings.SUPERVISOR_STOP_TIMEOUT_SECONDS)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping workers", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return supervisor.run(stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
