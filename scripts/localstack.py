@@ -76,6 +76,8 @@ class LocalStack:
             "MODEL_PATH": str(self.model_path),
             "PUBLIC_BASE_URL": self.results_url,
             "TRACING_FILE": str(self.work_dir / "traces.jsonl"),
+            # A laptop's GPUs are not the system's to take unless configured.
+            "GPU_INVENTORY": os.environ.get("GPU_INVENTORY", "none"),
             "PYTHONPATH": str(REPO_ROOT),
             **self.extra_env,
         }
@@ -96,9 +98,11 @@ class LocalStack:
             self._spawn("ingest-api", self._uvicorn("services.ingest_api.main:app", ingest_port))
             self._spawn("results-api", self._uvicorn("services.results_api.main:app",
                                                      results_port))
-            self._spawn("preprocess-worker", self._celery("preprocess_worker", 2))
-            self._spawn("inference-worker", self._celery("inference_worker", 1))
-            self._spawn("webhook-worker", self._celery("webhook_worker", 2))
+            self._spawn("preprocess-worker", self._celery("preprocess_worker", "--concurrency=2"))
+            # As in a deployment: the supervisor runs and restarts the model's worker.
+            self._spawn("inference-worker", [str(BIN / "python"), "-m",
+                                             "services.inference_worker.supervisor"])
+            self._spawn("webhook-worker", self._celery("webhook_worker", "--concurrency=2"))
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -168,11 +172,10 @@ class LocalStack:
         return [str(BIN / "uvicorn"), app, "--host", "127.0.0.1", "--port", str(port),
                 "--log-level", "warning"]
 
-    def _celery(self, service: str, concurrency: int) -> list[str]:
+    def _celery(self, service: str, *options: str) -> list[str]:
         return [str(BIN / "celery"), "-A", f"services.{service}.celery_app", "worker",
-                "--pool", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
-                "--hostname", f"{service}-{os.getpid()}@%h", "--without-gossip",
-                "--without-mingle"]
+                "--loglevel", "INFO", "--hostname", f"{service}-{os.getpid()}@%h",
+                "--without-gossip", "--without-mingle", *options]
 
     def _embedded_redis(self) -> str:
         default = "redis://127.0.0.1:6379/0"

@@ -86,6 +86,11 @@ class JobStore:
             {self.events_key(job_id): after}, block=int(block_seconds * 1000)))
         return batches[0][1] if batches else []
 
+    def append_output(self, job_id: str, delta: str) -> None:
+        """Record a piece of a running job's answer as an "output" event."""
+        self.redis.xadd(self.events_key(job_id),
+                        {"type": "output", "data": json.dumps({"delta": delta})})
+
     def claim(self, job_id: str, stage: WorkStage, *, max_attempts: int,
               worker: str) -> Transition:
         """Start (or restart) a stage in worker; fails the job once the stage used its attempts."""

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
@@ -107,6 +107,10 @@ class JobCreate(BaseModel):
     webhook_url: HttpUrl | None = None
     generation: GenerationParams = Field(default_factory=GenerationParams)
     media_options: MediaOptions = Field(default_factory=MediaOptions)
+    # Ask for JSON matching this schema (guided decoding where the engine has it).
+    json_schema: dict[str, Any] | None = None
+    # Continue that job's conversation: its prompt, media and answer become the history.
+    previous_job_id: str | None = None
 
 
 class JobError(BaseModel):
@@ -139,6 +143,8 @@ class JobRecord(BaseModel):
     media_options: MediaOptions
     media: list[MediaRef]
     webhook_url: HttpUrl | None = None
+    json_schema: dict[str, Any] | None = None
+    previous_job_id: str | None = None
     trace_id: str | None = None
     attempts: dict[str, int] = Field(default_factory=dict)
     times: StageTimes
@@ -274,3 +280,7 @@ class JobResult(BaseModel):
     timings: StageTimings
     engine: str
     created_at: datetime
+    # With a json_schema: the answer parsed as JSON, and whether it matched the schema.
+    output_json: Any = None
+    json_valid: bool | None = None
+    previous_job_id: str | None = None

@@ -38,6 +38,8 @@ class BaseServiceSettings(BaseSettings):
 
     # Attempts per stage before a job fails instead of being redelivered again (poison tasks).
     MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # A stage whose worker stops renewing its lease this long is re-queued (shared/leases.py).
+    LEASE_SECONDS: float = Field(default=30.0, ge=1)
     # Longer than the longest task, or Redis redelivers tasks that are still running.
     VISIBILITY_TIMEOUT_SECONDS: int = Field(default=3600, ge=60)
 

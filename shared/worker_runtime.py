@@ -1,17 +1,24 @@
-"""What both kinds of worker share: clients built once per process and the stage protocol."""
+"""What every worker shares: clients built once per process, stage leases, the stage protocol."""
 
 import logging
-import os
-import socket
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from shared.celery_factory import create_celery_app
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobStore, WorkStage
+from shared.leases import LeaseBook, StageTask, this_worker
 from shared.object_store import ObjectStore
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.schemas import EventType, JobRecord, JobStatus, WebhookTask
@@ -28,20 +35,24 @@ _EVENT_TYPES: dict[JobStatus, EventType] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerClients:
-    """Connections a worker process opens once (in worker_process_init) and reuses."""
+    """Connections a worker process opens once and reuses, and the leases it holds."""
 
     settings: BaseServiceSettings
     objects: ObjectStore
     jobs: JobStore
+    leases: LeaseBook
     celery: Celery
+    held: set[str] = field(default_factory=set)
+    held_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def connect(cls, settings: BaseServiceSettings, celery: Celery) -> "WorkerClients":
         """Open the object store and job store for this process."""
-        return cls(settings, ObjectStore(settings),
-                   JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX), celery)
+        jobs = JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX)
+        return cls(settings, ObjectStore(settings), jobs,
+                   LeaseBook(jobs.redis, settings.KEY_PREFIX, settings.LEASE_SECONDS), celery)
 
     def notify_if_terminal(self, record: JobRecord) -> None:
         """Queue the terminal webhook of an ended job (delivery drops duplicates by event id)."""
@@ -50,17 +61,63 @@ class WorkerClients:
         task = WebhookTask(job_id=record.id, event_type=_EVENT_TYPES[record.status])
         self.celery.send_task(WEBHOOK_TASK, kwargs=task.model_dump(), queue=WEBHOOK_QUEUE)
 
+    def keep_leases(self) -> None:
+        """Forever: renew this process's leases and re-queue stages whose holder went silent."""
+        period = self.settings.LEASE_SECONDS / 3
+        while True:
+            try:
+                with self.held_lock:
+                    held = list(self.held)
+                self.leases.renew(held)
+                for task in self.leases.take_lapsed():
+                    log.warning("re-queuing %s for job %s: its worker stopped renewing the lease",
+                                task.name, task.kwargs.get("job_id"))
+                    self.celery.send_task(task.name, kwargs=task.kwargs, queue=task.queue)
+            except Exception:  # a Redis hiccup must not end the heartbeat
+                log.exception("lease heartbeat failed; retrying")
+            threading.Event().wait(period)
 
-def run_stage(clients: WorkerClients, job_id: str, stage: WorkStage,
+
+def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
               work: Callable[[JobRecord], JobRecord | None]) -> None:
-    """Claim the stage, run work, and turn any failure into a failed job with a code.
+    """Lease and claim the stage, run work, and turn any failure into a failed job with a code.
 
     work returns the record when it ended the job itself (so its webhook is sent), else None.
     A job that is already over (a redelivered message) only has its webhook re-queued, since
     the process that ended it may have died before queuing it.
     """
+    job_id, worker = str(task.kwargs["job_id"]), this_worker()
+    # One lease per stage: the preprocess stage still holds its own while it queues inference.
+    lease = f"{job_id}:{stage}"
+    holder = clients.leases.acquire(lease, worker, task)
+    if holder is not None:
+        log.info("job %s: %s is already running in %s; dropping this copy", job_id, stage, holder)
+        return
+    with clients.held_lock:
+        clients.held.add(lease)
+    # Running acks-late tasks are invisible in the queue's list; autoscalers (KEDA) add this
+    # list to it so a busy worker is never scaled away. A copy left by a killed worker is
+    # removed when the stage's next run ends (LREM drops every copy).
+    inflight = inflight_key(task.queue)
+    clients.jobs.redis.rpush(inflight, lease)
+    try:
+        _run_claimed(clients, job_id, stage, worker, work)
+    finally:
+        clients.jobs.redis.lrem(inflight, 0, lease)
+        with clients.held_lock:
+            clients.held.discard(lease)
+        clients.leases.release(lease, worker)
+
+
+def inflight_key(queue: str) -> str:
+    """The Redis list of stages running from a queue (the queue's own list holds waiting ones)."""
+    return f"{queue}:inflight"
+
+
+def _run_claimed(clients: WorkerClients, job_id: str, stage: WorkStage, worker: str,
+                 work: Callable[[JobRecord], JobRecord | None]) -> None:
     claim = clients.jobs.claim(job_id, stage, max_attempts=clients.settings.MAX_ATTEMPTS,
-                               worker=f"{socket.gethostname()}/{os.getpid()}")
+                               worker=worker)
     if claim.record.status.terminal:
         clients.notify_if_terminal(claim.record)
         return
@@ -82,30 +139,51 @@ _clients: WorkerClients | None = None
 
 
 def process_clients() -> WorkerClients:
-    """This worker process's clients (built by worker_process_init)."""
+    """This worker process's clients (built when the process started)."""
     if _clients is None:
-        raise RuntimeError("worker clients are built in worker_process_init; is this a worker?")
+        raise RuntimeError("worker clients are built at worker start; is this a worker?")
     return _clients
 
 
 def create_worker_app(name: str, settings: BaseServiceSettings, *, queue: str, tasks_module: str,
                       on_process_init: Callable[[], None] | None = None) -> Celery:
-    """A worker's Celery app: tracing and clients set up in each pool process, spans flushed."""
+    """A worker's Celery app: tracing, clients and the lease heartbeat set up in each process
+    that runs tasks (each prefork child, or the worker itself for thread pools)."""
     app = create_celery_app(name, settings)
     app.conf.task_default_queue = queue
     app.conf.imports = [tasks_module]
 
-    @worker_process_init.connect(weak=False)
-    def _init_process(**_: object) -> None:
-        # Per pool process: connections and tracer state must not be shared across fork.
+    def init_process() -> None:
+        # Connections and tracer state must not be shared across fork.
         global _clients
         setup_tracing(settings.OTEL_SERVICE_NAME, settings)
         _clients = WorkerClients.connect(settings, app)
+        threading.Thread(target=_clients.keep_leases, name="lease-heartbeat", daemon=True).start()
         if on_process_init is not None:
             on_process_init()
 
+    @worker_process_init.connect(weak=False)
+    def _init_child(**_: object) -> None:
+        init_process()
+
     @worker_process_shutdown.connect(weak=False)
-    def _shutdown_process(**_: object) -> None:
+    def _shutdown_child(**_: object) -> None:
         shutdown_tracing()
 
+    @worker_init.connect(weak=False)
+    def _init_main(sender: Any = None, **_: object) -> None:
+        if not _runs_prefork(sender):
+            init_process()
+
+    @worker_shutdown.connect(weak=False)
+    def _shutdown_main(sender: Any = None, **_: object) -> None:
+        if not _runs_prefork(sender):
+            shutdown_tracing()
+
     return app
+
+
+def _runs_prefork(worker: Any) -> bool:
+    """True when tasks run in forked children rather than in the worker process itself."""
+    pool = getattr(worker, "pool_cls", None)
+    return isinstance(pool, type) and issubclass(pool, PreforkPool)

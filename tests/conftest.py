@@ -86,6 +86,7 @@ def stack(settings: BaseServiceSettings, tiny_model_dir: Path,
         s3_endpoint=settings.S3_ENDPOINT, model_path=tiny_model_dir,
         key_prefix=settings.KEY_PREFIX,
         extra_env={"WEBHOOK_BACKOFF_BASE_SECONDS": "0.2", "WEBHOOK_BACKOFF_MAX_SECONDS": "1",
+                   "LEASE_SECONDS": "3",
                    "MAX_IMAGE_BYTES": str(TEST_MAX_IMAGE_BYTES)})
     with local:
         yield local

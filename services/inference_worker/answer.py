@@ -1,13 +1,17 @@
 """Answers one prepared job with an engine and builds its result."""
 
 import io
+import time
+from collections.abc import Callable
 from datetime import datetime
 
 import numpy as np
 
-from services.inference_worker.engine import Engine, EngineImage, EngineRequest
-from shared.job_store import utcnow
-from shared.object_store import ObjectStore
+from services.inference_worker.engine import Engine, EngineImage, EngineRequest, Turn
+from shared.errors import ErrorCode, TesseraError
+from shared.job_store import JobStore, utcnow
+from shared.json_output import parse_output
+from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import (
     InputSummary,
     JobRecord,
@@ -20,13 +24,43 @@ from shared.schemas import (
 )
 
 
+class PartialOutput:
+    """Collects streamed text and records it as job events, at most every `interval` seconds."""
+
+    def __init__(self, record_delta: Callable[[str], None], interval: float = 0.25) -> None:
+        self.record_delta = record_delta
+        self.interval = interval
+        self.pending: list[str] = []
+        self.flushed_at = time.monotonic()
+
+    def __call__(self, delta: str) -> None:
+        """Take one new piece of text."""
+        self.pending.append(delta)
+        if time.monotonic() - self.flushed_at >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Record what has not been recorded yet."""
+        if self.pending:
+            self.record_delta("".join(self.pending))
+            self.pending.clear()
+        self.flushed_at = time.monotonic()
+
+
 def answer_job(*, record: JobRecord, manifest: PreparedJob, objects: ObjectStore,
-               engine: Engine) -> JobResult:
-    """Run the model on the job's prepared inputs and return the result to store."""
-    images = engine_images(manifest.inputs, [_load_tiles(objects, item.tiles_key)
-                                             for item in manifest.inputs])
-    output = engine.generate(EngineRequest(question=record.prompt, images=images,
-                                           generation=record.generation))
+               jobs: JobStore, engine: Engine,
+               on_text: PartialOutput | None = None) -> JobResult:
+    """Run the model on the job's prepared inputs (and its conversation's earlier turns) and
+    return the result to store."""
+    request = EngineRequest(question=record.prompt, images=_images(manifest, objects),
+                            generation=record.generation,
+                            history=conversation_history(record, jobs=jobs, objects=objects),
+                            json_schema=record.json_schema)
+    output = engine.generate(request, on_text)
+    if on_text is not None:
+        on_text.flush()
+    output_json, json_valid = (parse_output(output.text, record.json_schema)
+                               if record.json_schema is not None else (None, None))
     finished_at = utcnow()
     return JobResult(
         job_id=record.id, model=record.model, text=output.text,
@@ -38,7 +72,30 @@ def answer_job(*, record: JobRecord, manifest: PreparedJob, objects: ObjectStore
         inputs=[InputSummary(index=item.index, kind=item.kind, images=item.images)
                 for item in manifest.inputs],
         timings=stage_timings(record.times, finished_at), engine=engine.name,
-        created_at=finished_at)
+        created_at=finished_at, output_json=output_json, json_valid=json_valid,
+        previous_job_id=record.previous_job_id)
+
+
+def conversation_history(record: JobRecord, *, jobs: JobStore,
+                         objects: ObjectStore) -> tuple[Turn, ...]:
+    """The earlier turns of a job's conversation, oldest first, rebuilt from stored jobs."""
+    turns = []
+    previous_id = record.previous_job_id
+    while previous_id is not None:
+        previous = jobs.get(previous_id)
+        if previous.result_key is None:
+            raise TesseraError(ErrorCode.invalid_request,
+                               f"Job {previous_id} of this conversation has no result any more.")
+        manifest = objects.get_model(JobKeys(previous_id).prepared_manifest(), PreparedJob)
+        answer = objects.get_model(previous.result_key, JobResult).text
+        turns.append(Turn(previous.prompt, _images(manifest, objects), answer))
+        previous_id = previous.previous_job_id
+    return tuple(reversed(turns))
+
+
+def _images(manifest: PreparedJob, objects: ObjectStore) -> list[EngineImage]:
+    return engine_images(manifest.inputs, [_load_tiles(objects, item.tiles_key)
+                                           for item in manifest.inputs])
 
 
 def engine_images(inputs: list[PreparedInput], tiles: list[np.ndarray]) -> list[EngineImage]:

@@ -3,6 +3,8 @@
 import logging
 import time
 
+from celery.signals import worker_ready
+
 from services.inference_worker.config import get_settings
 from services.inference_worker.engine import Engine, load_engine
 from shared.queues import inference_queue
@@ -13,6 +15,7 @@ settings = get_settings()
 # Logged by each pool process once it can take jobs; the local stack waits for it.
 ENGINE_READY = "engine ready:"
 _engine: Engine | None = None
+_load_seconds: list[float] = []
 
 
 def _load_engine() -> None:
@@ -20,8 +23,7 @@ def _load_engine() -> None:
     global _engine
     started = time.perf_counter()
     _engine = load_engine(settings.ENGINE, settings.MODEL_PATH, **settings.engine_options())
-    log.info("%s %s (%s engine loaded in %.1f s)", ENGINE_READY, settings.MODEL_PATH,
-             _engine.name, time.perf_counter() - started)
+    _load_seconds.append(time.perf_counter() - started)
 
 
 def process_engine() -> Engine:
@@ -34,6 +36,15 @@ def process_engine() -> Engine:
 app = create_worker_app("inference_worker", settings, queue=inference_queue(settings.MODEL_NAME),
                         tasks_module="services.inference_worker.tasks",
                         on_process_init=_load_engine)
-# A pool process loads its model in worker_process_init; Celery's default 4 s would kill it
-# mid-load and start another forever.
-app.conf.worker_proc_alive_timeout = settings.MODEL_LOAD_TIMEOUT_SECONDS
+# One process, one engine, many jobs in flight: worker threads block on the engine, which
+# batches them (a process per job would load the model once per job slot).
+app.conf.worker_pool = "threads"
+app.conf.worker_concurrency = settings.MAX_IN_FLIGHT
+
+
+@worker_ready.connect(weak=False)
+def _announce_engine(**_: object) -> None:
+    # Logging is configured only once the worker is up, after the engine was loaded.
+    if _engine is not None:
+        log.info("%s %s (%s engine loaded in %.1f s)", ENGINE_READY, settings.MODEL_PATH,
+                 _engine.name, _load_seconds[-1])

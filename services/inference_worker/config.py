@@ -1,5 +1,6 @@
 """Inference worker settings: which model this process serves and with which engine."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,8 @@ class InferenceSettings(BaseServiceSettings):
     # A local checkpoint directory; hub names are never resolved at run time.
     MODEL_PATH: Path = Path(".models/tiny-internvl")
     ENGINE: Literal["transformers", "lmdeploy"] = "transformers"
-    MODEL_LOAD_TIMEOUT_SECONDS: float = Field(default=1800.0, gt=0)
+    # Jobs one replica runs at once (worker threads); the engine batches them.
+    MAX_IN_FLIGHT: int = Field(default=8, ge=1, le=512)
     # transformers engine
     DEVICE: str = "cpu"
     # LMDeploy engine (DESIGN.md §4): placement, KV cache and quantisation.
@@ -33,10 +35,13 @@ class InferenceSettings(BaseServiceSettings):
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for the configured engine's constructor."""
         if self.ENGINE == "transformers":
-            return {"device": self.DEVICE}
+            return {"device": self.DEVICE, "max_batch_size": self.MAX_IN_FLIGHT}
+        gpu_ids = [int(gpu) for gpu in self.GPU_IDS.split(",") if gpu.strip()]
+        if gpu_ids and os.environ.get("CUDA_VISIBLE_DEVICES"):
+            # The process already sees only its GPUs, renumbered from 0 (the supervisor pins it).
+            gpu_ids = list(range(len(gpu_ids)))
         return {
-            "backend": self.LMDEPLOY_BACKEND, "tp": self.TP,
-            "devices": [int(gpu) for gpu in self.GPU_IDS.split(",") if gpu.strip()] or None,
+            "backend": self.LMDEPLOY_BACKEND, "tp": self.TP, "devices": gpu_ids or None,
             "session_len": self.SESSION_LEN, "cache_max_entry_count": self.KV_CACHE_SHARE,
             "quant_policy": self.KV_QUANT_POLICY, "model_format": self.MODEL_FORMAT,
             "max_batch_size": self.MAX_BATCH_SIZE,

@@ -15,6 +15,8 @@ TILE_SIZE = 448
 IMAGE_PLACEHOLDER = "<image>"
 
 FinishReason = Literal["stop", "length"]
+# Receives each new piece of the answer while it is being generated.
+OnText = Callable[[str], None]
 
 
 # eq=False: numpy arrays have no single truth value, so field-wise equality would raise.
@@ -46,12 +48,32 @@ class EngineImage:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier exchange of the conversation: its question, images and the model's answer."""
+
+    question: str
+    images: list[EngineImage]
+    answer: str
+
+
+@dataclass(frozen=True)
 class EngineRequest:
-    """One question about zero or more images, with how to decode the answer."""
+    """One question about zero or more images, with how to decode the answer.
+
+    `history` holds earlier turns, oldest first; `json_schema` asks for JSON output that
+    matches it, enforced by engines with guided decoding.
+    """
 
     question: str
     images: list[EngineImage]
     generation: GenerationParams
+    history: tuple[Turn, ...] = ()
+    json_schema: dict[str, Any] | None = None
+
+    @property
+    def all_images(self) -> list[EngineImage]:
+        """Every image of the conversation in prompt order: earlier turns' first."""
+        return [image for turn in self.history for image in turn.images] + self.images
 
 
 @dataclass(frozen=True)
@@ -65,12 +87,13 @@ class EngineOutput:
 
 
 class Engine(Protocol):
-    """What the inference worker needs from a model engine."""
+    """What the inference worker needs from a model engine: thread-safe, batching calls that
+    arrive concurrently (the worker keeps many jobs in flight)."""
 
     name: str
 
-    def generate(self, request: EngineRequest) -> EngineOutput:
-        """Answer one request."""
+    def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
+        """Answer one request, handing on_text each new piece of text as it is generated."""
         ...
 
 
@@ -81,11 +104,29 @@ def user_prompt(request: EngineRequest,
     A lone unlabelled image gives `<image>\\n{question}`. `render_image` replaces the `<image>`
     placeholder per image (an engine expands it into its image tokens).
     """
+    return turn_prompt(request.question, request.images, render_image)
+
+
+def turn_prompt(question: str, images: Sequence[EngineImage],
+                render_image: Callable[[EngineImage], str] | None = None) -> str:
+    """One user turn: a `label: <image>` line per image, then the question."""
     lines = []
-    for image in request.images:
+    for image in images:
         placeholder = render_image(image) if render_image else IMAGE_PLACEHOLDER
         lines.append(f"{image.label}: {placeholder}\n" if image.label else f"{placeholder}\n")
-    return "".join(lines) + request.question
+    return "".join(lines) + question
+
+
+def chat_messages(request: EngineRequest,
+                  render_image: Callable[[EngineImage], str] | None = None) -> list[dict[str, str]]:
+    """The conversation as chat messages: earlier turns with their answers, then the question."""
+    messages = []
+    for turn in request.history:
+        messages.append({"role": "user",
+                         "content": turn_prompt(turn.question, turn.images, render_image)})
+        messages.append({"role": "assistant", "content": turn.answer})
+    messages.append({"role": "user", "content": user_prompt(request, render_image)})
+    return messages
 
 
 def tokens_per_tile(image_size: int | Sequence[int], patch_size: int | Sequence[int],

@@ -20,6 +20,7 @@ from services.inference_worker.engine import (
     EngineOutput,
     EngineRequest,
     FinishReason,
+    OnText,
     tokens_per_tile,
 )
 from shared.errors import ErrorCode, TesseraError
@@ -48,14 +49,19 @@ class ResponseLike(Protocol):
     finish_reason: str | None
 
 
-def generation_config_kwargs(params: GenerationParams) -> dict[str, Any]:
-    """Keyword arguments for `lmdeploy.GenerationConfig` that decode as `params` asks."""
+def generation_config_kwargs(params: GenerationParams,
+                             json_schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for `lmdeploy.GenerationConfig` that decode as `params` asks, guided
+    to JSON matching json_schema when one is given."""
     kwargs: dict[str, Any] = {
         "max_new_tokens": params.max_new_tokens,
         "min_new_tokens": params.min_new_tokens,
         "random_seed": params.seed,
         "skip_special_tokens": True,
     }
+    if json_schema is not None:
+        kwargs["response_format"] = {"type": "json_schema",
+                                     "json_schema": {"name": "job_output", "schema": json_schema}}
     if not params.greedy:
         # top_k=0 turns LMDeploy's default top-k of 50 off: our API offers temperature and top_p.
         kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
@@ -82,7 +88,7 @@ def grid_canvas(image: EngineImage) -> Image:
 
 
 def build_messages(request: EngineRequest) -> list[dict[str, Any]]:
-    """The request as one OpenAI-style user message with PIL images, in InternVL's layout.
+    """The conversation as OpenAI-style messages with PIL images, in InternVL's layout.
 
     LMDeploy writes each image part as `<img>…</img>\\n` and joins the parts, so a text part
     `"{label}: "` before each labelled image reproduces `Image-1: <image>\\n…{question}`. Each
@@ -90,19 +96,28 @@ def build_messages(request: EngineRequest) -> list[dict[str, Any]]:
     then reproduces the grid (and makes its own thumbnail). Only the maximum can be set per
     image (the minimum is the checkpoint's), and HF-native checkpoints ignore it (DESIGN §4).
     """
+    messages: list[dict[str, Any]] = []
+    for turn in request.history:
+        messages.append({"role": "user", "content": _user_content(turn.question, turn.images)})
+        messages.append({"role": "assistant", "content": turn.answer})
+    messages.append({"role": "user", "content": _user_content(request.question, request.images)})
+    return messages
+
+
+def _user_content(question: str, images: list[EngineImage]) -> list[dict[str, Any]]:
     content: list[dict[str, Any]] = []
-    for image in request.images:
+    for image in images:
         if image.label:
             content.append({"type": "text", "text": f"{image.label}: "})
         content.append({"type": "image_data", "image_data": {
             "data": grid_canvas(image), "max_dynamic_patch": image.cols * image.rows}})
-    content.append({"type": "text", "text": request.question})
-    return [{"role": "user", "content": content}]
+    content.append({"type": "text", "text": question})
+    return content
 
 
 def visual_tokens(request: EngineRequest, tokens_per_tile: int) -> int:
     """Prompt tokens the images alone take: their tiles plus `<img>`/`</img>` per image."""
-    return sum(tokens_per_tile * image.num_tiles + 2 for image in request.images)
+    return sum(tokens_per_tile * image.num_tiles + 2 for image in request.all_images)
 
 
 def model_tokens_per_tile(model_path: Path) -> int:
@@ -203,9 +218,27 @@ class LMDeployEngine:
                               vision_config=VisionConfig())
         self.session_len: int | None = getattr(self._pipe.backend_config, "session_len", None)
 
-    def generate(self, request: EngineRequest) -> EngineOutput:
-        """Answer one request."""
-        return self.generate_batch([request])[0]
+    def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
+        """Answer one request, streaming its text; safe from any thread.
+
+        The pipeline runs every request on its own event-loop thread, so calls from many
+        worker threads become concurrent requests that the engine batches continuously.
+        """
+        self._check_fits(request)
+        from lmdeploy import GenerationConfig
+
+        config = GenerationConfig(**generation_config_kwargs(request.generation,
+                                                             request.json_schema))
+        merged: Any = None
+        try:
+            for chunk in self._pipe.stream_infer(build_messages(request), gen_config=config):
+                if on_text is not None and chunk.text:
+                    on_text(chunk.text)
+                merged = chunk if merged is None else merged.extend(chunk)
+        except Exception as exc:  # LMDeploy raises for failures outside a running request
+            raise TesseraError(classify_error(str(exc)),
+                               f"LMDeploy failed the request: {exc}") from exc
+        return to_output(merged)
 
     def generate_batch(self, requests: list[EngineRequest]) -> list[EngineOutput]:
         """Answer several requests in one pipeline call, which the engine runs concurrently."""
@@ -214,7 +247,8 @@ class LMDeployEngine:
         from lmdeploy import GenerationConfig
 
         prompts = [build_messages(request) for request in requests]
-        configs = [GenerationConfig(**generation_config_kwargs(request.generation))
+        configs = [GenerationConfig(**generation_config_kwargs(request.generation,
+                                                               request.json_schema))
                    for request in requests]
         try:
             responses = self._pipe(prompts, gen_config=configs)

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer, InternVLForConditionalGeneration
+from transformers.generation.streamers import BaseStreamer
 
 from services.inference_worker.engine import (
     TILE_SIZE,
     EngineImage,
     EngineOutput,
     EngineRequest,
+    OnText,
+    chat_messages,
     tokens_per_tile,
-    user_prompt,
 )
 from shared.errors import ErrorCode, TesseraError
 from shared.pixels import normalize_tiles
@@ -32,14 +36,29 @@ class _Prepared:
     tiles: np.ndarray  # uint8 (n, 448, 448, 3), all images in prompt order
     max_new_tokens: int
     min_new_tokens: int
+    generation: GenerationParams
+    on_text: OnText | None = None
+
+
+@dataclass
+class _Pending:
+    """A prepared request waiting for the batching thread, and where its answer goes."""
+
+    item: _Prepared
+    future: Future[EngineOutput] = field(default_factory=Future)
 
 
 class TransformersEngine:
-    """InternVLForConditionalGeneration loaded once; `generate` answers one request at a time."""
+    """InternVLForConditionalGeneration loaded once; concurrent `generate` calls are batched.
+
+    Callers on many threads each block on their own request; one thread collects what arrived
+    within a short window and runs it as one padded `generate` per group of equal settings.
+    """
 
     name = "transformers"
 
-    def __init__(self, model_path: Path, *, device: str = "cpu", dtype: str = "auto") -> None:
+    def __init__(self, model_path: Path, *, device: str = "cpu", dtype: str = "auto",
+                 max_batch_size: int = 8, batch_window_seconds: float = 0.01) -> None:
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -65,43 +84,73 @@ class TransformersEngine:
         self.pad_token_id = int(pad) if pad is not None else self.eos_token_ids[0]
         # One generate at a time: seeding swaps the global RNG, and the model is not re-entrant.
         self._lock = threading.Lock()
+        self.max_batch_size = max_batch_size
+        self.batch_window_seconds = batch_window_seconds
+        self._waiting: queue.Queue[_Pending] = queue.Queue()
+        threading.Thread(target=self._serve, name="transformers-batcher", daemon=True).start()
 
-    def generate(self, request: EngineRequest) -> EngineOutput:
-        """Answer one request."""
-        return self.generate_batch([request])[0]
+    def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
+        """Answer one request, batched with whatever else is in flight; safe from any thread."""
+        pending = _Pending(self._prepare(request, on_text))
+        self._waiting.put(pending)
+        return pending.future.result()
 
     def generate_batch(self, requests: list[EngineRequest]) -> list[EngineOutput]:
-        """Answer several requests, one padded `generate` per group with equal decoding settings.
+        """Answer several requests now, one padded `generate` per group of equal settings.
 
         Every request is checked before any runs: one that cannot run fails the whole call.
         """
-        prepared = [self._prepare(request) for request in requests]
+        return self._run_groups([self._prepare(request) for request in requests])
+
+    def _serve(self) -> None:
+        """The batching thread: take what arrived within the window and run it together."""
+        while True:
+            batch = [self._waiting.get()]
+            deadline = threading.Event()
+            timer = threading.Timer(self.batch_window_seconds, deadline.set)
+            timer.start()
+            while len(batch) < self.max_batch_size and not deadline.is_set():
+                try:
+                    batch.append(self._waiting.get(timeout=self.batch_window_seconds / 4))
+                except queue.Empty:
+                    continue
+            timer.cancel()
+            try:
+                outputs = self._run_groups([pending.item for pending in batch])
+            except Exception as error:  # a failed batch fails its callers, never this thread
+                for pending in batch:
+                    pending.future.set_exception(error)
+                continue
+            for pending, output in zip(batch, outputs, strict=True):
+                pending.future.set_result(output)
+
+    def _run_groups(self, prepared: list[_Prepared]) -> list[EngineOutput]:
         groups: dict[tuple[str, int, int], list[int]] = {}
-        for index, (request, item) in enumerate(zip(requests, prepared, strict=True)):
-            key = (request.generation.model_dump_json(), item.max_new_tokens, item.min_new_tokens)
+        for index, item in enumerate(prepared):
+            key = (item.generation.model_dump_json(), item.max_new_tokens, item.min_new_tokens)
             groups.setdefault(key, []).append(index)
-        outputs: list[EngineOutput | None] = [None] * len(requests)
+        outputs: list[EngineOutput | None] = [None] * len(prepared)
         for indices in groups.values():
             group = [prepared[i] for i in indices]
-            for index, output in zip(indices, self._run(group, requests[indices[0]].generation),
-                                     strict=True):
+            for index, output in zip(indices, self._run(group), strict=True):
                 outputs[index] = output
         return [output for output in outputs if output is not None]
 
     def prompt(self, request: EngineRequest) -> str:
         """The full chat prompt, each image expanded into `<img>`, its context tokens, `</img>`."""
-        user = user_prompt(request, render_image=self._render_image)
+        messages = chat_messages(request, render_image=self._render_image)
         return cast(str, self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True))
+            messages, tokenize=False, add_generation_prompt=True))
 
     def _render_image(self, image: EngineImage) -> str:
         context = self._image_token * (self.tokens_per_tile * image.num_tiles)
         return f"{self._image_start}{context}{self._image_end}"
 
-    def _prepare(self, request: EngineRequest) -> _Prepared:
+    def _prepare(self, request: EngineRequest, on_text: OnText | None = None) -> _Prepared:
         input_ids: list[int] = self.tokenizer(self.prompt(request),
                                               add_special_tokens=False)["input_ids"]
-        num_tiles = sum(image.num_tiles for image in request.images)
+        images = request.all_images
+        num_tiles = sum(image.num_tiles for image in images)
         visual = self.tokens_per_tile * num_tiles
         if input_ids.count(self.image_token_id) != visual:
             raise TesseraError(
@@ -116,13 +165,15 @@ class TransformersEngine:
                 f"image tiles at {self.tokens_per_tile} each) but the model reads at most "
                 f"{self.max_positions}; send fewer tiles, frames or pages, or a shorter question.",
                 prompt_tokens=len(input_ids), max_positions=self.max_positions)
-        tiles = (np.concatenate([image.tiles for image in request.images])
-                 if request.images else np.zeros((0, TILE_SIZE, TILE_SIZE, 3), dtype=np.uint8))
+        tiles = (np.concatenate([image.tiles for image in images])
+                 if images else np.zeros((0, TILE_SIZE, TILE_SIZE, 3), dtype=np.uint8))
         max_new = min(request.generation.max_new_tokens, room)
         return _Prepared(input_ids=input_ids, tiles=tiles, max_new_tokens=max_new,
-                         min_new_tokens=min(request.generation.min_new_tokens, max_new))
+                         min_new_tokens=min(request.generation.min_new_tokens, max_new),
+                         generation=request.generation, on_text=on_text)
 
-    def _run(self, group: list[_Prepared], generation: GenerationParams) -> list[EngineOutput]:
+    def _run(self, group: list[_Prepared]) -> list[EngineOutput]:
+        generation = group[0].generation
         width = max(len(item.input_ids) for item in group)
         input_ids = torch.full((len(group), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(group), width), dtype=torch.long)
@@ -139,6 +190,9 @@ class TransformersEngine:
             "pad_token_id": self.pad_token_id,
             "do_sample": not generation.greedy,
         }
+        if any(item.on_text for item in group):
+            kwargs["streamer"] = _RowStreamer(self.tokenizer, [item.on_text for item in group],
+                                              self.eos_token_ids)
         if not generation.greedy:
             kwargs.update(temperature=generation.temperature, top_p=generation.top_p, top_k=0)
         tiles = np.concatenate([item.tiles for item in group])
@@ -166,3 +220,47 @@ class TransformersEngine:
             finish_reason="length" if stop is None else "stop",
         )
 
+
+class _RowStreamer(BaseStreamer):
+    """Hands each row of a batched `generate` its newly decoded text as tokens arrive."""
+
+    def __init__(self, tokenizer: Any, callbacks: list[OnText | None],
+                 eos_token_ids: list[int]) -> None:
+        self.tokenizer = tokenizer
+        self.callbacks = callbacks
+        self.eos_token_ids = set(eos_token_ids)
+        # Per row, the tokens not yet handed over as text.
+        self.tokens: list[list[int]] = [[] for _ in callbacks]
+        self.done = [callback is None for callback in callbacks]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        """Receive one step's tokens (the first call carries the prompt, which is skipped)."""
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(len(self.callbacks), -1)[:, -1].tolist()):
+            if self.done[row]:
+                continue
+            if token in self.eos_token_ids:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            self._send(row, final=False)
+
+    def end(self) -> None:
+        """Hand over what was held back (a trailing partial character decodes as U+FFFD)."""
+        for row in range(len(self.callbacks)):
+            if self.callbacks[row] is not None:
+                self._send(row, final=True)
+
+    def _send(self, row: int, *, final: bool) -> None:
+        # Decode only the tokens since the last complete piece: whole-answer decodes would make
+        # a long answer quadratic.
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        # A trailing replacement character may be half of a multi-byte character: wait for it.
+        if text and (final or not text.endswith("\ufffd")):
+            callback = self.callbacks[row]
+            assert callback is not None
+            callback(text)
+            self.tokens[row] = []

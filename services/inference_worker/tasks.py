@@ -1,9 +1,10 @@
 """Celery tasks of the inference worker: adapters around answer_job."""
 
-from services.inference_worker.answer import answer_job
-from services.inference_worker.celery_app import app, process_engine
+from services.inference_worker.answer import PartialOutput, answer_job
+from services.inference_worker.celery_app import app, process_engine, settings
+from shared.leases import StageTask
 from shared.object_store import JobKeys
-from shared.queues import INFERENCE_TASK
+from shared.queues import INFERENCE_TASK, inference_queue
 from shared.schemas import InferenceTask, JobRecord, PreparedJob
 from shared.worker_runtime import process_clients, run_stage
 
@@ -16,11 +17,13 @@ def infer(**payload: object) -> None:
 
     def work(record: JobRecord) -> JobRecord:
         manifest = clients.objects.get_model(task.manifest_key, PreparedJob)
+        partial = PartialOutput(lambda delta: clients.jobs.append_output(record.id, delta))
         result = answer_job(record=record, manifest=manifest, objects=clients.objects,
-                            engine=process_engine())
+                            jobs=clients.jobs, engine=process_engine(), on_text=partial)
         # A fixed key: a redelivered task overwrites the same single result object.
         result_key = JobKeys(record.id).result()
         clients.objects.put_model(result_key, result)
         return clients.jobs.succeed(record.id, result_key).record
 
-    run_stage(clients, task.job_id, "inference", work)
+    queue = inference_queue(settings.MODEL_NAME)
+    run_stage(clients, StageTask(INFERENCE_TASK, queue, task.model_dump()), "inference", work)

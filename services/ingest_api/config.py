@@ -19,6 +19,7 @@ class IngestSettings(BaseServiceSettings):
     MAX_VIDEO_BYTES: int = Field(default=512 * MIB, ge=1)
     MAX_PDF_BYTES: int = Field(default=128 * MIB, ge=1)
     MAX_PROMPT_CHARS: int = Field(default=32_000, ge=1)
+    MAX_CONVERSATION_TURNS: int = Field(default=16, ge=1)
     # Checked from Content-Length before the body is read.
     MAX_REQUEST_BYTES: int = Field(default=1024 * MIB, ge=1)
 

@@ -1,9 +1,9 @@
 """HTTP routes of the ingest API."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, UploadFile
-from pydantic import ConfigDict, Field, HttpUrl
+from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Upload, submit_job
@@ -22,12 +22,17 @@ class JobForm(GenerationParams, MediaOptions):
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
+    json_schema: Json[dict[str, Any]] | None = Field(
+        default=None, description="A JSON Schema (as a JSON string) the answer must match")
+    previous_job_id: str | None = Field(
+        default=None, description="A succeeded job whose conversation this job continues")
 
     def to_create(self) -> JobCreate:
         """The structured request this form stands for."""
         fields = self.model_dump(exclude_unset=True, exclude={"files"})
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
+            json_schema=self.json_schema, previous_job_id=self.previous_job_id,
             generation=GenerationParams.model_validate(
                 {k: v for k, v in fields.items() if k in GenerationParams.model_fields}),
             media_options=MediaOptions.model_validate(

@@ -11,7 +11,8 @@ from opentelemetry import trace
 
 from services.ingest_api.config import IngestSettings
 from shared.errors import ErrorCode, TesseraError
-from shared.job_store import JobStore, utcnow
+from shared.job_store import JobNotFound, JobStore, utcnow
+from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
 from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
@@ -58,7 +59,11 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSet
         raise TesseraError(ErrorCode.invalid_request,
                            f"The prompt has {len(request.prompt)} characters; the limit is "
                            f"{settings.MAX_PROMPT_CHARS}.")
-    if not uploads:
+    if request.json_schema is not None:
+        check_schema(request.json_schema)
+    if request.previous_job_id is not None:
+        check_conversation(jobs, request.previous_job_id, settings.MAX_CONVERSATION_TURNS)
+    if not uploads and request.previous_job_id is None:
         raise TesseraError(ErrorCode.invalid_request, "Attach at least one file as `files`.")
     if len(uploads) > settings.MAX_FILES:
         raise TesseraError(ErrorCode.too_many_files,
@@ -80,12 +85,35 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSet
         record = JobRecord(id=job_id, status=JobStatus.queued, model=model, prompt=request.prompt,
                            generation=request.generation, media_options=request.media_options,
                            media=media, webhook_url=request.webhook_url,
+                           json_schema=request.json_schema,
+                           previous_job_id=request.previous_job_id,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
         producer.send_task(PREPROCESS_TASK, kwargs=PreprocessTask(job_id=job_id).model_dump(),
                            queue=PREPROCESS_QUEUE)
     return record
+
+
+def check_conversation(jobs: JobStore, previous_job_id: str, max_turns: int) -> None:
+    """A job may continue a succeeded job whose conversation has fewer than max_turns turns."""
+    job_id: str | None = previous_job_id
+    for _ in range(max_turns):
+        if job_id is None:
+            return
+        try:
+            record = jobs.get(job_id)
+        except JobNotFound:
+            raise TesseraError(ErrorCode.invalid_request,
+                               f"previous_job_id {job_id!r} does not exist.") from None
+        if record.status is not JobStatus.succeeded:
+            raise TesseraError(ErrorCode.invalid_request,
+                               f"Job {job_id} is {record.status}; only a succeeded job can be "
+                               "continued.")
+        job_id = record.previous_job_id
+    if job_id is not None:
+        raise TesseraError(ErrorCode.invalid_request,
+                           f"The conversation already has {max_turns} turns; start a new one.")
 
 
 def _check_upload(upload: Upload, settings: IngestSettings) -> _CheckedUpload:

@@ -3,8 +3,9 @@
 from services.preprocess_worker.celery_app import app
 from services.preprocess_worker.config import get_settings
 from services.preprocess_worker.prepare import prepare_job
+from shared.leases import StageTask
 from shared.object_store import JobKeys
-from shared.queues import INFERENCE_TASK, PREPROCESS_TASK, inference_queue
+from shared.queues import INFERENCE_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, inference_queue
 from shared.schemas import InferenceTask, JobRecord, PreprocessTask
 from shared.worker_runtime import process_clients, run_stage
 
@@ -24,4 +25,5 @@ def preprocess(**payload: object) -> None:
         clients.celery.send_task(INFERENCE_TASK, kwargs=next_task.model_dump(),
                                  queue=inference_queue(record.model))
 
-    run_stage(clients, task.job_id, "preprocess", work)
+    run_stage(clients, StageTask(PREPROCESS_TASK, PREPROCESS_QUEUE, task.model_dump()),
+              "preprocess", work)

@@ -23,7 +23,8 @@ def finished_result(*, record: JobRecord, objects: ObjectStore) -> JobResult | N
 
 def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
                  poll_seconds: float) -> Iterator[str]:
-    """Server-sent events of a job's state changes from last_event_id on, ending after terminal."""
+    """Server-sent events (state changes and partial output) after last_event_id, ending with
+    the terminal state change."""
     cursor = last_event_id or "0-0"
     while True:
         events = jobs.read_events(job_id, after=cursor, block_seconds=poll_seconds)
@@ -33,5 +34,6 @@ def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
         for event_id, fields in events:
             cursor = event_id
             yield f"id: {event_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
-            if JobStatus(json.loads(fields["data"])["status"]).terminal:
+            if fields["type"] == "status" and JobStatus(
+                    json.loads(fields["data"])["status"]).terminal:
                 return

@@ -181,3 +181,38 @@ def test_batch_equals_one_at_a_time_under_greedy(engine: TransformersEngine) -> 
         EngineRequest("Sampled on its own.", [_image(seed=9)], sampled),
     ]
     assert engine.generate_batch(requests) == [engine.generate(r) for r in requests]
+
+
+def test_concurrent_callers_are_batched_and_get_their_own_answers(
+        engine: TransformersEngine) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    requests = [EngineRequest(question=f"Question {k}?", images=[_image(seed=k)],
+                              generation=GREEDY) for k in range(6)]
+    alone = [engine.generate_batch([request])[0] for request in requests]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(engine.generate, requests))
+    assert together == alone
+
+
+def test_streamed_pieces_add_up_to_the_answer(engine: TransformersEngine) -> None:
+    pieces: list[str] = []
+    request = EngineRequest(question="Stream?", images=[_image()],
+                            generation=GenerationParams(max_new_tokens=12, min_new_tokens=12))
+    output = engine.generate(request, pieces.append)
+    assert len(pieces) > 1
+    assert "".join(pieces) == output.text
+
+
+def test_history_turns_come_before_the_question_with_their_answers(
+        engine: TransformersEngine) -> None:
+    from services.inference_worker.engine import Turn
+
+    earlier = Turn("What is it?", [_image(seed=1)], "A cat.")
+    request = EngineRequest(question="What colour?", images=[], generation=GREEDY,
+                            history=(earlier,))
+    prompt = _collapse_context(engine.prompt(request))
+    assert prompt.index("What is it?") < prompt.index("A cat.") < prompt.index("What colour?")
+    assert prompt.count("<IMG_CONTEXT>*256") == 1
+    # The history's tiles reach the model: the request runs and counts them as prompt tokens.
+    assert engine.generate(request).prompt_tokens > 256
