@@ -17,7 +17,7 @@ from celery.signals import (
 
 from shared.celery_factory import create_celery_app
 from shared.errors import ErrorCode, TesseraError
-from shared.job_store import JobStore, WorkStage
+from shared.job_store import JobNotFound, JobStore, WorkStage
 from shared.leases import LeaseBook, StageTask, this_worker
 from shared.object_store import ObjectStore
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
@@ -116,8 +116,13 @@ def inflight_key(queue: str) -> str:
 
 def _run_claimed(clients: WorkerClients, job_id: str, stage: WorkStage, worker: str,
                  work: Callable[[JobRecord], JobRecord | None]) -> None:
-    claim = clients.jobs.claim(job_id, stage, max_attempts=clients.settings.MAX_ATTEMPTS,
-                               worker=worker)
+    try:
+        claim = clients.jobs.claim(job_id, stage, max_attempts=clients.settings.MAX_ATTEMPTS,
+                                   worker=worker)
+    except JobNotFound:
+        log.warning("job %s no longer exists (retention expired?); dropping its %s task",
+                    job_id, stage)
+        return
     if claim.record.status.terminal:
         clients.notify_if_terminal(claim.record)
         return

