@@ -7,6 +7,7 @@ from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 from minio import Minio
+from minio.commonconfig import CopySource
 from minio.error import S3Error
 from pydantic import BaseModel
 
@@ -83,6 +84,10 @@ class ObjectStore:
     def put_file(self, key: str, file: BinaryIO, size: int, content_type: str) -> None:
         """Stream size bytes from an open file to key (multipart for large files)."""
         self.client.put_object(self.bucket, key, file, size, content_type=content_type)
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy an object inside the bucket; its bytes never pass through this process."""
+        self.client.copy_object(self.bucket, target, CopySource(self.bucket, source))
 
     def put_model(self, key: str, document: BaseModel) -> None:
         """Store a pydantic document as JSON."""

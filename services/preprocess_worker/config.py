@@ -15,6 +15,11 @@ class PreprocessSettings(BaseServiceSettings):
     MAX_ASPECT_RATIO: float = Field(default=200.0, ge=1)
     MAX_PDF_PAGES: int = Field(default=64, ge=1)
     MAX_VIDEO_DECODE_SECONDS: float = Field(default=60.0, gt=0)
+    # Reference pixels at about three times the cost on large photos; off, JPEGs decode
+    # DCT-scaled and resizes run on two threads (README, performance, states the difference).
+    EXACT_IMAGE_RESIZE: bool = False
+    # Keep prepared tiles by content hash and options, so a repeated input is prepared once.
+    PREPARED_CACHE: bool = True
 
 
 @lru_cache

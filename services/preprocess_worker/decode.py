@@ -5,7 +5,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from shared.errors import ErrorCode, TesseraError
 
@@ -17,6 +17,11 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct
 # Pillow's convert() clips these to 0..255 instead of scaling them, which turns most of a
 # 16-bit grayscale image white.
 _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+# EXIF orientations that turn the picture a quarter (the stored width is the shown height).
+_QUARTER_TURNS = frozenset({5, 6, 7, 8})
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = 80_000_000, max_aspect: float = 200.0
 ) -> Image.Image:
@@ -28,20 +33,63 @@ def decode_image(
     ``convert("RGB")``) would expose whatever colour hides under transparent pixels, often
     black. An animated GIF, WebP or PNG gives its first frame, a multi-page TIFF its first page.
     """
+    return load_rgb(open_image(data, max_pixels=max_pixels, max_aspect=max_aspect))
+
+
+def open_image(
+    data: bytes, *, max_pixels: int = 80_000_000, max_aspect: float = 200.0
+) -> Image.Image:
+    """Read an uploaded image's header and check its size limits; no pixel is decoded yet."""
     if not data:
         raise TesseraError(
             ErrorCode.decode_failed, "The image file is empty (0 bytes): upload it again.")
     image = _open(data)
     _check_limits(image.size, max_pixels=max_pixels, max_aspect=max_aspect)
+    return image
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """The (width, height) an opened image has once its EXIF orientation is applied."""
+    width, height = image.size
+    return (height, width) if _orientation(image) in _QUARTER_TURNS else (width, height)
+
+
+def reduce_while_decoding(image: Image.Image, size: tuple[int, int]) -> None:
+    """Let an opened JPEG decode at 1/2, 1/4 or 1/8 scale, never below `size` (upright).
+
+    libjpeg's DCT scaling skips most of the inverse transform and upsampling work, so a photo
+    bound for a much smaller canvas decodes several times faster. Other formats are untouched.
+    """
+    if image.format not in _JPEG_FORMATS:
+        return
+    width, height = size
+    if _orientation(image) in _QUARTER_TURNS:
+        width, height = height, width
+    # Pillow picks the largest scale that keeps both axes at least the requested size.
+    image.draft("RGB", (max(width, 1), max(height, 1)))
+
+
+def load_rgb(image: Image.Image) -> Image.Image:
+    """Decode an opened image to upright RGB (see decode_image), mapping damage to a code."""
     name = _FORMAT_NAMES.get(image.format or "", image.format or "image")
     try:
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
+        # In place: without an orientation tag this is free, where a copy is a full-size pass.
+        ImageOps.exif_transpose(image, in_place=True)
+        return _to_rgb(image)
     except _DECODE_ERRORS as exc:
         raise TesseraError(
             ErrorCode.decode_failed,
             f"The {name} file is truncated or corrupt: re-export it and upload it again.",
         ) from exc
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1, upright, when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except _DECODE_ERRORS:
+        return 1
 
 
 def _open(data: bytes) -> Image.Image:
@@ -90,7 +138,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _WIDE_GRAY_MODES:
         image = _wide_gray_to_l(image)
     if not image.has_transparency_data:
-        return image.convert("RGB")
+        # convert() copies even an RGB image; skip that full-size pass.
+        return image if image.mode == "RGB" else image.convert("RGB")
     rgba = image.convert("RGBA")
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")

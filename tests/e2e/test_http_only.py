@@ -9,27 +9,40 @@ from scripts.sample_media import sample_jpeg
 from tests.client import result, submit
 
 
+def _events(url: str, **headers: str) -> list[tuple[str, str, dict[str, str]]]:
+    """(id, event type, data) of every server-sent event until the stream closes."""
+    events: list[tuple[str, str, dict[str, str]]] = []
+    current: dict[str, str] = {}
+    with httpx.stream("GET", url, timeout=60, headers=headers) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if not line:
+                if "data" in current:
+                    events.append((current["id"], current["event"], json.loads(current["data"])))
+                current = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                current[field] = value
+    return events
+
+
 def test_client_follows_a_job_by_its_event_stream_to_the_result(stack: LocalStack) -> None:
-    job = submit(stack, [("photo.jpg", sample_jpeg(800, 600))]).json()
-    statuses = []
-    with httpx.stream("GET", job["links"]["events"], timeout=60) as events:
-        assert events.headers["content-type"].startswith("text/event-stream")
-        for line in events.iter_lines():
-            if line.startswith("data: "):
-                statuses.append(json.loads(line.removeprefix("data: "))["status"])
+    job = submit(stack, [("photo.jpg", sample_jpeg(800, 600))], max_new_tokens=64,
+                 min_new_tokens=64).json()
+    events = _events(job["links"]["events"])
+    statuses = [data["status"] for _, kind, data in events if kind == "status"]
     assert statuses == ["queued", "preprocessing", "inferring", "succeeded"]
+    streamed = "".join(data["delta"] for _, kind, data in events if kind == "output")
     answer = result(stack, job["id"])
     assert answer.status_code == 200 and answer.json()["job_id"] == job["id"]
+    assert streamed == answer.json()["text"]
 
 
 def test_event_stream_resumes_after_last_event_id(stack: LocalStack) -> None:
     job = submit(stack, [("photo.jpg", sample_jpeg(300, 200))]).json()
-    with httpx.stream("GET", job["links"]["events"], timeout=60) as events:
-        ids = [line.removeprefix("id: ") for line in events.iter_lines()
-               if line.startswith("id: ")]
-    resumed = httpx.get(job["links"]["events"], headers={"Last-Event-ID": ids[1]}, timeout=60)
-    assert [line.removeprefix("id: ") for line in resumed.text.splitlines()
-            if line.startswith("id: ")] == ids[2:]
+    ids = [event_id for event_id, _, _ in _events(job["links"]["events"])]
+    resumed = _events(job["links"]["events"], **{"Last-Event-ID": ids[1]})
+    assert [event_id for event_id, _, _ in resumed] == ids[2:]
 
 
 def test_result_is_202_with_the_job_while_it_runs(stack: LocalStack) -> None:

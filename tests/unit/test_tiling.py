@@ -15,6 +15,7 @@ from services.preprocess_worker.tiling import (
     image_to_pixel_values,
     plan_tiles,
     tile_image,
+    tile_image_bytes,
 )
 from shared.pixels import IMAGENET_MEAN, IMAGENET_STD, TILE_SIZE, normalize_tiles
 
@@ -190,3 +191,63 @@ def test_image_to_pixel_values_decodes_plans_and_normalises() -> None:
     assert pixels.dtype == np.float32
     white = (1 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     np.testing.assert_allclose(pixels[:, :, 10, 10], np.tile(white, (5, 1)), rtol=1e-6)
+
+
+def jpeg_bytes(image: Image.Image, **options: object) -> bytes:
+    """An image saved as a quality-92 JPEG."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92, **options)
+    return buffer.getvalue()
+
+
+def test_tile_image_bytes_exact_matches_transformers_on_decoded_jpeg() -> None:
+    data = jpeg_bytes(photo_like(2400, 1500, seed=3))
+    tiled = tile_image_bytes(data, exact=True)
+    decoded = Image.open(io.BytesIO(data)).convert("RGB")
+    expected = transformers_processor(12)(images=decoded, return_tensors="np")["pixel_values"]
+    assert tiled.decoded_size == (2400, 1500)
+    assert np.abs(normalize_tiles(tiled.tiles) - expected).max() <= PIXEL_TOLERANCE
+
+
+def test_tile_image_bytes_fast_decodes_large_jpeg_scaled_but_not_below_canvas() -> None:
+    image = photo_like(4000, 3000, seed=4)
+    data = jpeg_bytes(image)
+    fast = tile_image_bytes(data, exact=False)
+    exact = tile_image_bytes(data, exact=True)
+    assert fast.plan == exact.plan == plan_tiles(4000, 3000)
+    assert (fast.width, fast.height) == (4000, 3000)
+    # 1/2 scale is the largest DCT scale that stays at least the 1792x1344 canvas.
+    assert fast.decoded_size == (2000, 1500)
+    diff = np.abs(fast.tiles.astype(np.int16) - exact.tiles.astype(np.int16))
+    # Measured on this noisy image: grid tiles 2.4 grey levels on average, thumbnail 0.4;
+    # smoother photos differ less (README, performance).
+    grid = fast.plan.cols * fast.plan.rows
+    assert diff[:grid].mean() < 3.0 and diff[grid:].mean() < 1.0
+
+
+def test_tile_image_bytes_keeps_small_jpeg_at_full_resolution() -> None:
+    # 1000x700 is less than twice its 3x2 canvas (1344x896): no DCT scaling is possible.
+    tiled = tile_image_bytes(jpeg_bytes(photo_like(1000, 700, seed=5)), exact=False)
+    assert tiled.decoded_size == (1000, 700)
+
+
+def test_tile_image_bytes_plans_rotated_photo_from_upright_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait (turned 90 degrees clockwise)
+    data = jpeg_bytes(photo_like(4000, 1000, seed=6), exif=exif.tobytes())
+    fast = tile_image_bytes(data, exact=False)
+    assert (fast.width, fast.height) == (1000, 4000)
+    assert fast.plan == plan_tiles(1000, 4000)
+    assert fast.decoded_size[0] >= TILE_SIZE * fast.plan.cols
+    assert fast.decoded_size[1] >= TILE_SIZE * fast.plan.rows
+    assert fast.decoded_size[1] < 4000
+    exact = tile_image_bytes(data, exact=True)
+    assert np.abs(fast.tiles.astype(np.int16) - exact.tiles.astype(np.int16)).mean() < 3.0
+
+
+def test_fast_tile_image_stays_within_a_grey_level_of_exact_on_same_image() -> None:
+    image = photo_like(1500, 1000, seed=7)
+    plan = plan_tiles(1500, 1000)
+    diff = np.abs(tile_image(image, plan, exact=False).astype(np.int16)
+                  - tile_image(image, plan).astype(np.int16))
+    assert diff.mean() < 0.5 and diff.max() <= 16
