@@ -13,7 +13,7 @@ from scripts.sample_media import sample_jpeg, sample_mp4
 def run_job(stack: LocalStack, filename: str, data: bytes, prompt: str,
             **options: str) -> dict[str, object]:
     """Submit one job, wait for it, and return its final job object and result."""
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {stack.api_key}"}) as client:
         started = time.perf_counter()
         response = client.post(f"{stack.ingest_url}/v1/jobs", files={"files": (filename, data)},
                                data={"prompt": prompt, "max_new_tokens": "24", **options})

@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from scripts.build_tiny_model import ensure_tiny_model
+from shared.auth import ApiKeyStore, Scope
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -62,6 +63,7 @@ class LocalStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     ingest_url: str = ""
     results_url: str = ""
+    api_key: str = ""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -91,6 +93,7 @@ class LocalStack:
                             or self._embedded_s3())
         self.model_path = self.model_path or Path(os.environ.get("MODEL_PATH") or ensure_tiny_model(
             REPO_ROOT / ".models" / "tiny-internvl"))
+        self.api_key = self._demo_api_key()
         ingest_port, results_port = free_port(), free_port()
         self.ingest_url = f"http://127.0.0.1:{ingest_port}"
         self.results_url = f"http://127.0.0.1:{results_port}"
@@ -176,6 +179,14 @@ class LocalStack:
         return [str(BIN / "celery"), "-A", f"services.{service}.celery_app", "worker",
                 "--loglevel", "INFO", "--hostname", f"{service}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle", *options]
+
+    def _demo_api_key(self) -> str:
+        """An API key with every scope for the clients of this stack (tenant "local")."""
+        assert self.redis_url
+        keys = ApiKeyStore(redis.Redis.from_url(self.redis_url, decode_responses=True),
+                           self.key_prefix)
+        token, _ = keys.create(tenant_id="local", scopes=list(Scope), name="local stack")
+        return token
 
     def _embedded_redis(self) -> str:
         default = "redis://127.0.0.1:6379/0"

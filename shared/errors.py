@@ -16,6 +16,15 @@ class ErrorCode(StrEnum):
     job_not_found = "job_not_found"
     job_not_finished = "job_not_finished"
     job_failed = "job_failed"
+    unauthorized = "unauthorized"
+    forbidden = "forbidden"
+    rate_limited = "rate_limited"
+    queue_full = "queue_full"
+    idempotency_key_reused = "idempotency_key_reused"
+    idempotency_key_in_progress = "idempotency_key_in_progress"
+    result_gone = "result_gone"
+    job_not_cancelable = "job_not_cancelable"
+    job_not_retryable = "job_not_retryable"
     # Job failures, written by the worker that failed the job.
     decode_failed = "decode_failed"
     media_limits_exceeded = "media_limits_exceeded"
@@ -47,6 +56,22 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.job_not_found: ErrorInfo(404, "No job has this id.", False),
     ErrorCode.job_not_finished: ErrorInfo(202, "The job has not finished yet.", True),
     ErrorCode.job_failed: ErrorInfo(409, "The job failed; it has no result.", False),
+    ErrorCode.unauthorized: ErrorInfo(
+        401, "Send a valid API key as `Authorization: Bearer <key>`.", False),
+    ErrorCode.forbidden: ErrorInfo(403, "This API key lacks the scope this call needs.", False),
+    ErrorCode.rate_limited: ErrorInfo(
+        429, "Too many requests for this API key; retry after the Retry-After seconds.", True),
+    ErrorCode.queue_full: ErrorInfo(
+        503, "The model's queue is full; retry after the Retry-After seconds.", True),
+    ErrorCode.idempotency_key_reused: ErrorInfo(
+        422, "This Idempotency-Key was used with a different request; use a new key.", False),
+    ErrorCode.idempotency_key_in_progress: ErrorInfo(
+        409, "A request with this Idempotency-Key is still being accepted; retry shortly.", True),
+    ErrorCode.result_gone: ErrorInfo(
+        410, "The job's data was deleted when its retention period ended.", False),
+    ErrorCode.job_not_cancelable: ErrorInfo(409, "The job has already ended.", False),
+    ErrorCode.job_not_retryable: ErrorInfo(
+        409, "Only failed, canceled or expired jobs can be retried.", False),
     ErrorCode.decode_failed: ErrorInfo(
         422, "The file could not be decoded; check that it is complete and not corrupt.", False),
     ErrorCode.media_limits_exceeded: ErrorInfo(

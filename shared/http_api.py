@@ -1,14 +1,17 @@
 """What both APIs share: clients opened in the lifespan, their dependencies, one error renderer."""
 
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+import redis
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from shared.auth import ApiKeyStore, Principal, Scope
 from shared.errors import ERRORS, ErrorCode, TesseraError
 from shared.job_store import JobStore
 from shared.object_store import ObjectStore
@@ -34,7 +37,10 @@ PROBLEM_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def problem(error: TesseraError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """Render an error as problem details."""
+    """Render an error as problem details (with Retry-After when the error says when)."""
+    retry_after = error.details.get("retry_after_seconds")
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + error.code.value,
         "title": ERRORS[error.code].message,
@@ -89,6 +95,7 @@ def _lifespan(
         app.state.objects = ObjectStore(settings)
         app.state.objects.ensure_bucket()
         app.state.jobs = JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX)
+        app.state.api_keys = ApiKeyStore(app.state.jobs.redis, settings.KEY_PREFIX)
         yield
         app.state.jobs.redis.close()
 
@@ -109,3 +116,54 @@ def get_jobs(request: Request) -> JobStore:
 
 ObjectStoreDep = Annotated[ObjectStore, Depends(get_objects)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
+
+
+def get_principal(request: Request,
+                  authorization: Annotated[str | None, Header()] = None,
+                  x_api_key: Annotated[str | None, Header()] = None) -> Principal:
+    """The caller, from `Authorization: Bearer <key>` or `X-API-Key`, within its rate limit."""
+    settings: BaseServiceSettings = request.app.state.settings
+    if not settings.AUTH_REQUIRED:
+        return ANONYMOUS
+    token = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    keys: ApiKeyStore = request.app.state.api_keys
+    principal = keys.authenticate(token) if token else None
+    if principal is None:
+        raise TesseraError(ErrorCode.unauthorized)
+    _count_request(request.app.state.jobs.redis, settings, principal)
+    return principal
+
+
+def require(scope: Scope) -> Callable[[Principal], Principal]:
+    """A dependency that lets through callers whose key has scope (admin has them all)."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if scope not in principal.scopes and Scope.admin not in principal.scopes:
+            raise TesseraError(ErrorCode.forbidden,
+                               f"This API key lacks the {scope.value!r} scope.")
+        return principal
+
+    return check
+
+
+def _count_request(client: redis.Redis, settings: BaseServiceSettings,
+                   principal: Principal) -> None:
+    """Fixed one-minute windows per key; over the limit answers 429 with Retry-After."""
+    limit = principal.rate_limit_per_minute or settings.RATE_LIMIT_PER_MINUTE
+    now = time.time()
+    window = int(now // 60)
+    key = f"{settings.KEY_PREFIX}:rate:{principal.key_id}:{window}"
+    with client.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 61)
+        count, _ = pipe.execute()
+    if count > limit:
+        raise TesseraError(ErrorCode.rate_limited,
+                           f"This API key may make {limit} requests a minute.",
+                           retry_after_seconds=max(1, int((window + 1) * 60 - now)))
+
+
+ANONYMOUS = Principal("anonymous", "public", frozenset(Scope))
+SubmitterDep = Annotated[Principal, Depends(require(Scope.submit))]
+ReaderDep = Annotated[Principal, Depends(require(Scope.read))]
+AdminDep = Annotated[Principal, Depends(require(Scope.admin))]

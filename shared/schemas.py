@@ -136,6 +136,8 @@ class JobRecord(BaseModel):
     """The stored job: the one source of truth for status, owned by the job store."""
 
     id: str
+    tenant_id: str
+    api_key_id: str
     status: JobStatus
     model: str
     prompt: str

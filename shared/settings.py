@@ -38,6 +38,10 @@ class BaseServiceSettings(BaseSettings):
 
     # Attempts per stage before a job fails instead of being redelivered again (poison tasks).
     MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # Every API call needs a key (shared/auth.py); false serves everyone as tenant "public".
+    AUTH_REQUIRED: bool = True
+    RATE_LIMIT_PER_MINUTE: int = Field(default=600, ge=1)
+
     # A stage whose worker stops renewing its lease this long is re-queued (shared/leases.py).
     LEASE_SECONDS: float = Field(default=30.0, ge=1)
     # Longer than the longest task, or Redis redelivers tasks that are still running.

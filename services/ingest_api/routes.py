@@ -7,7 +7,7 @@ from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Upload, submit_job
-from shared.http_api import JobStoreDep, ObjectStoreDep
+from shared.http_api import JobStoreDep, ObjectStoreDep, SubmitterDep
 from shared.schemas import GenerationParams, JobCreate, JobPublic, MediaOptions
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -43,13 +43,15 @@ class JobForm(GenerationParams, MediaOptions):
 
 @router.post("/jobs", status_code=202, response_model=JobPublic,
              summary="Submit media and a prompt; answers at once with the queued job")
-def create_job(form: Annotated[JobForm, Form()], response: Response, settings: SettingsDep,
-               objects: ObjectStoreDep, jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
+def create_job(form: Annotated[JobForm, Form()], response: Response, principal: SubmitterDep,
+               settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
+               producer: ProducerDep) -> JobPublic:
     """Accept a job: 202 with the job object and its Location."""
     record = submit_job(request=form.to_create(),
                         uploads=[Upload(item.filename or f"file-{i}", item.file)
                                  for i, item in enumerate(form.files)],
-                        settings=settings, objects=objects, jobs=jobs, producer=producer)
+                        principal=principal, settings=settings, objects=objects, jobs=jobs,
+                        producer=producer)
     job = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
     response.headers["Location"] = job.links.self
     return job

@@ -10,6 +10,7 @@ from celery import Celery
 from opentelemetry import trace
 
 from services.ingest_api.config import IngestSettings
+from shared.auth import Principal
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
@@ -47,8 +48,9 @@ class _CheckedUpload:
     sha256: str
 
 
-def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSettings,
-               objects: ObjectStore, jobs: JobStore, producer: Celery) -> JobRecord:
+def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principal,
+               settings: IngestSettings, objects: ObjectStore, jobs: JobStore,
+               producer: Celery) -> JobRecord:
     """Validate everything first, then store media, record the job and queue it."""
     model = request.model or settings.DEFAULT_MODEL
     if model not in settings.served_models:
@@ -62,7 +64,8 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSet
     if request.json_schema is not None:
         check_schema(request.json_schema)
     if request.previous_job_id is not None:
-        check_conversation(jobs, request.previous_job_id, settings.MAX_CONVERSATION_TURNS)
+        check_conversation(jobs, request.previous_job_id, principal.tenant_id,
+                           settings.MAX_CONVERSATION_TURNS)
     if not uploads and request.previous_job_id is None:
         raise TesseraError(ErrorCode.invalid_request, "Attach at least one file as `files`.")
     if len(uploads) > settings.MAX_FILES:
@@ -82,7 +85,9 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSet
                                   filename=item.upload.filename, content_type=item.mime,
                                   size_bytes=item.size, sha256=item.sha256))
         now = utcnow()
-        record = JobRecord(id=job_id, status=JobStatus.queued, model=model, prompt=request.prompt,
+        record = JobRecord(id=job_id, tenant_id=principal.tenant_id,
+                           api_key_id=principal.key_id, status=JobStatus.queued, model=model,
+                           prompt=request.prompt,
                            generation=request.generation, media_options=request.media_options,
                            media=media, webhook_url=request.webhook_url,
                            json_schema=request.json_schema,
@@ -95,8 +100,10 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], settings: IngestSet
     return record
 
 
-def check_conversation(jobs: JobStore, previous_job_id: str, max_turns: int) -> None:
-    """A job may continue a succeeded job whose conversation has fewer than max_turns turns."""
+def check_conversation(jobs: JobStore, previous_job_id: str, tenant_id: str,
+                       max_turns: int) -> None:
+    """A job may continue a succeeded job of its tenant whose conversation has fewer than
+    max_turns turns."""
     job_id: str | None = previous_job_id
     for _ in range(max_turns):
         if job_id is None:
@@ -104,8 +111,10 @@ def check_conversation(jobs: JobStore, previous_job_id: str, max_turns: int) -> 
         try:
             record = jobs.get(job_id)
         except JobNotFound:
+            record = None
+        if record is None or record.tenant_id != tenant_id:
             raise TesseraError(ErrorCode.invalid_request,
-                               f"previous_job_id {job_id!r} does not exist.") from None
+                               f"previous_job_id {job_id!r} does not exist.")
         if record.status is not JobStatus.succeeded:
             raise TesseraError(ErrorCode.invalid_request,
                                f"Job {job_id} is {record.status}; only a succeeded job can be "

@@ -6,14 +6,15 @@ import httpx
 
 from scripts.localstack import LocalStack
 from scripts.sample_media import sample_jpeg
-from tests.client import result, submit
+from tests.client import auth, result, submit
 
 
-def _events(url: str, **headers: str) -> list[tuple[str, str, dict[str, str]]]:
+def _events(stack: LocalStack, url: str,
+            **headers: str) -> list[tuple[str, str, dict[str, str]]]:
     """(id, event type, data) of every server-sent event until the stream closes."""
     events: list[tuple[str, str, dict[str, str]]] = []
     current: dict[str, str] = {}
-    with httpx.stream("GET", url, timeout=60, headers=headers) as response:
+    with httpx.stream("GET", url, timeout=60, headers={**auth(stack), **headers}) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if not line:
@@ -29,7 +30,7 @@ def _events(url: str, **headers: str) -> list[tuple[str, str, dict[str, str]]]:
 def test_client_follows_a_job_by_its_event_stream_to_the_result(stack: LocalStack) -> None:
     job = submit(stack, [("photo.jpg", sample_jpeg(800, 600))], max_new_tokens=64,
                  min_new_tokens=64).json()
-    events = _events(job["links"]["events"])
+    events = _events(stack, job["links"]["events"])
     statuses = [data["status"] for _, kind, data in events if kind == "status"]
     assert statuses == ["queued", "preprocessing", "inferring", "succeeded"]
     streamed = "".join(data["delta"] for _, kind, data in events if kind == "output")
@@ -40,8 +41,8 @@ def test_client_follows_a_job_by_its_event_stream_to_the_result(stack: LocalStac
 
 def test_event_stream_resumes_after_last_event_id(stack: LocalStack) -> None:
     job = submit(stack, [("photo.jpg", sample_jpeg(300, 200))]).json()
-    ids = [event_id for event_id, _, _ in _events(job["links"]["events"])]
-    resumed = _events(job["links"]["events"], **{"Last-Event-ID": ids[1]})
+    ids = [event_id for event_id, _, _ in _events(stack, job["links"]["events"])]
+    resumed = _events(stack, job["links"]["events"], **{"Last-Event-ID": ids[1]})
     assert [event_id for event_id, _, _ in resumed] == ids[2:]
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from scripts.localstack import LocalStack
 from scripts.sample_media import encode_image, sample_image, sample_jpeg, sample_mp4, sample_pdf
-from tests.client import result, submit, wait_terminal
+from tests.client import auth, result, submit, wait_terminal
 from tests.unit.test_pages import make_pdf
 
 RED = (200, 30, 30)
@@ -70,7 +70,8 @@ def submit_claiming(stack: LocalStack, filename: str, data: bytes,
     """POST /v1/jobs with one file whose multipart part claims a content type."""
     return httpx.post(f"{stack.ingest_url}/v1/jobs",
                       data={"prompt": "Describe this.", "max_new_tokens": "8"},
-                      files=[("files", (filename, data, content_type))], timeout=30)
+                      files=[("files", (filename, data, content_type))], timeout=30,
+                      headers=auth(stack))
 
 
 def cut(data: bytes) -> bytes:

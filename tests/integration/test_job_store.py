@@ -1,20 +1,15 @@
 """The job store's transitions against a real Redis."""
 
-import uuid
-from datetime import UTC, datetime
-
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobStore
-from shared.schemas import GenerationParams, JobRecord, JobStatus, MediaOptions, StageTimes
+from shared.schemas import JobStatus
+from tests.factories import job_record
 
 
 def _new_job(jobs: JobStore) -> str:
-    now = datetime.now(UTC)
-    job_id = f"job_{uuid.uuid4().hex}"
-    jobs.create(JobRecord(id=job_id, status=JobStatus.queued, model="m", prompt="p",
-                          generation=GenerationParams(), media_options=MediaOptions(), media=[],
-                          times=StageTimes(created_at=now), updated_at=now))
-    return job_id
+    record = job_record()
+    jobs.create(record)
+    return record.id
 
 
 def test_claim_counts_attempts_and_fails_the_job_when_they_run_out(jobs: JobStore) -> None:

@@ -10,7 +10,7 @@ from scripts.localstack import LocalStack
 from scripts.sample_media import encode_image, sample_image, sample_jpeg, sample_mp4, sample_pdf
 from shared.job_store import JobStore
 from shared.object_store import JobKeys, ObjectStore
-from tests.client import result, submit, wait_terminal
+from tests.client import auth, result, submit, wait_terminal
 from tests.conftest import TEST_MAX_IMAGE_BYTES
 from tests.webhook_receiver import WebhookReceiver
 
@@ -117,7 +117,8 @@ def test_unknown_model_and_bad_parameters_are_422(stack: LocalStack) -> None:
 
 def test_unknown_job_is_404(stack: LocalStack) -> None:
     for path in ("", "/result", "/events"):
-        response = httpx.get(f"{stack.results_url}/v1/jobs/job_doesnotexist{path}")
+        response = httpx.get(f"{stack.results_url}/v1/jobs/job_doesnotexist{path}",
+                             headers=auth(stack))
         assert response.status_code == 404 and response.json()["code"] == "job_not_found"
 
 

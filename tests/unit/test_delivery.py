@@ -1,10 +1,10 @@
 """Webhook delivery pieces: event ids, payloads and the retry schedule."""
 
 import json
-from datetime import UTC, datetime
 
 from services.webhook_worker.delivery import backoff_seconds, build_payload, event_id
-from shared.schemas import GenerationParams, JobRecord, JobStatus, MediaOptions, StageTimes
+from shared.schemas import JobStatus
+from tests.factories import job_record
 
 
 def test_event_id_is_stable_per_job_and_event() -> None:
@@ -19,10 +19,7 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
 
 
 def test_payload_carries_type_job_and_links() -> None:
-    now = datetime.now(UTC)
-    record = JobRecord(id="job_9", status=JobStatus.succeeded, model="m", prompt="p",
-                       generation=GenerationParams(), media_options=MediaOptions(), media=[],
-                       times=StageTimes(created_at=now), updated_at=now)
+    record = job_record(id="job_9", status=JobStatus.succeeded)
     body = json.loads(build_payload(record=record, event_type="job.succeeded", result=None,
                                     result_url="https://s3/x", base_url="http://h"))
     assert body["type"] == "job.succeeded"

@@ -1,18 +1,11 @@
 """Schemas validate what clients send and render what they see."""
 
-from datetime import UTC, datetime
 
 import pytest
 from pydantic import ValidationError
 
-from shared.schemas import (
-    GenerationParams,
-    JobPublic,
-    JobRecord,
-    JobStatus,
-    MediaOptions,
-    StageTimes,
-)
+from shared.schemas import GenerationParams, JobPublic, JobStatus, MediaOptions
+from tests.factories import job_record
 
 
 def test_generation_defaults_are_greedy() -> None:
@@ -40,10 +33,7 @@ def test_terminal_statuses() -> None:
 
 
 def test_public_job_links_point_at_the_results_api() -> None:
-    now = datetime.now(UTC)
-    record = JobRecord(id="job_1", status=JobStatus.queued, model="m", prompt="p",
-                       generation=GenerationParams(), media_options=MediaOptions(), media=[],
-                       times=StageTimes(created_at=now), updated_at=now)
+    record = job_record(id="job_1", status=JobStatus.queued)
     public = JobPublic.from_record(record, "https://api.example/")
     assert public.links.self == "https://api.example/v1/jobs/job_1"
     assert public.links.result.endswith("/v1/jobs/job_1/result")

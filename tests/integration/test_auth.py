@@ -1,0 +1,63 @@
+"""Who may do what: API keys, scopes, tenants and rate limits, over HTTP."""
+
+import httpx
+import redis
+
+from scripts.localstack import LocalStack
+from scripts.sample_media import sample_jpeg
+from shared.auth import ApiKeyStore, Scope
+from shared.settings import BaseServiceSettings
+from tests.client import submit, wait_terminal
+
+
+def _key(settings: BaseServiceSettings, tenant: str, *scopes: Scope,
+         rate_limit_per_minute: int | None = None) -> dict[str, str]:
+    store = ApiKeyStore(redis.Redis.from_url(settings.REDIS_URL, decode_responses=True),
+                        settings.KEY_PREFIX)
+    token, _ = store.create(tenant_id=tenant, scopes=list(scopes),
+                            rate_limit_per_minute=rate_limit_per_minute)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _post_job(stack: LocalStack, headers: dict[str, str]) -> httpx.Response:
+    return httpx.post(f"{stack.ingest_url}/v1/jobs", headers=headers, timeout=30,
+                      data={"prompt": "Hi", "max_new_tokens": "4"},
+                      files=[("files", ("p.jpg", sample_jpeg(64, 64)))])
+
+
+def test_requests_without_a_valid_key_are_401(stack: LocalStack) -> None:
+    for headers in ({}, {"Authorization": "Bearer tsk_nope"}, {"X-API-Key": "nope"}):
+        response = _post_job(stack, headers)
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+
+
+def test_a_read_only_key_cannot_submit(stack: LocalStack,
+                                       settings: BaseServiceSettings) -> None:
+    response = _post_job(stack, _key(settings, "acme", Scope.read))
+    assert response.status_code == 403
+    assert response.json()["code"] == "forbidden"
+
+
+def test_another_tenants_job_answers_404(stack: LocalStack,
+                                         settings: BaseServiceSettings) -> None:
+    job = wait_terminal(stack, submit(stack, [("p.jpg", sample_jpeg(64, 64))]).json()["id"])
+    stranger = _key(settings, "other-tenant", Scope.read, Scope.submit)
+    for path in ("", "/result", "/events"):
+        response = httpx.get(f"{stack.results_url}/v1/jobs/{job['id']}{path}", headers=stranger)
+        assert response.status_code == 404
+        assert response.json()["code"] == "job_not_found"
+    follow_up = httpx.post(f"{stack.ingest_url}/v1/jobs", headers=stranger,
+                           data={"prompt": "More?", "previous_job_id": job["id"]})
+    assert follow_up.status_code == 422
+
+
+def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
+        stack: LocalStack, settings: BaseServiceSettings) -> None:
+    headers = _key(settings, "acme", Scope.read, rate_limit_per_minute=3)
+    url = f"{stack.results_url}/v1/jobs/job_unknown"
+    statuses = [httpx.get(url, headers=headers).status_code for _ in range(4)]
+    assert statuses == [404, 404, 404, 429]
+    limited = httpx.get(url, headers=headers)
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
