@@ -33,6 +33,8 @@ _TERMINAL = frozenset(
 MediaKind = Literal["image", "video", "pdf"]
 Stage = Literal["ingest", "preprocess", "inference", "webhook"]
 EventType = Literal["job.succeeded", "job.failed", "job.canceled", "job.expired"]
+# Which events a job's webhook receives besides the terminal one, which is always sent.
+WebhookEventFilter = Literal["started", "progress", "output"]
 
 
 class GenerationParams(BaseModel):
@@ -107,6 +109,7 @@ class JobCreate(BaseModel):
     webhook_url: HttpUrl | None = None
     generation: GenerationParams = Field(default_factory=GenerationParams)
     media_options: MediaOptions = Field(default_factory=MediaOptions)
+    webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
     # Ask for JSON matching this schema (guided decoding where the engine has it).
     json_schema: dict[str, Any] | None = None
     # Continue that job's conversation: its prompt, media and answer become the history.
@@ -145,6 +148,7 @@ class JobRecord(BaseModel):
     media_options: MediaOptions
     media: list[MediaRef]
     webhook_url: HttpUrl | None = None
+    webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     previous_job_id: str | None = None
     trace_id: str | None = None

@@ -8,7 +8,13 @@ from pydantic import ConfigDict, Field, HttpUrl, Json
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Upload, submit_job
 from shared.http_api import JobStoreDep, ObjectStoreDep, SubmitterDep
-from shared.schemas import GenerationParams, JobCreate, JobPublic, MediaOptions
+from shared.schemas import (
+    GenerationParams,
+    JobCreate,
+    JobPublic,
+    MediaOptions,
+    WebhookEventFilter,
+)
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -23,6 +29,9 @@ class JobForm(GenerationParams, MediaOptions):
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
+    webhook_events: list[WebhookEventFilter] = Field(
+        default_factory=list,
+        description="Extra webhook events: started, progress, output (completion is always sent)")
     json_schema: Json[dict[str, Any]] | None = Field(
         default=None, description="A JSON Schema (as a JSON string) the answer must match")
     previous_job_id: str | None = Field(
@@ -33,7 +42,8 @@ class JobForm(GenerationParams, MediaOptions):
         fields = self.model_dump(exclude_unset=True, exclude={"files"})
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
-            json_schema=self.json_schema, previous_job_id=self.previous_job_id,
+            webhook_events=self.webhook_events, json_schema=self.json_schema,
+            previous_job_id=self.previous_job_id,
             generation=GenerationParams.model_validate(
                 {k: v for k, v in fields.items() if k in GenerationParams.model_fields}),
             media_options=MediaOptions.model_validate(

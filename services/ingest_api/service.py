@@ -90,6 +90,7 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
                            prompt=request.prompt,
                            generation=request.generation, media_options=request.media_options,
                            media=media, webhook_url=request.webhook_url,
+                           webhook_events=request.webhook_events,
                            json_schema=request.json_schema,
                            previous_job_id=request.previous_job_id,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
