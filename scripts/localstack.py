@@ -21,6 +21,8 @@ from shared.auth import ApiKeyStore, Scope
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The tenant of the API key a local stack makes for its clients.
+LOCAL_TENANT = "local"
 # Embedded stand-ins for Redis and S3, started only when none is configured.
 INFRASTRUCTURE = {"redis", "s3"}
 
@@ -185,7 +187,7 @@ class LocalStack:
         assert self.redis_url
         keys = ApiKeyStore(redis.Redis.from_url(self.redis_url, decode_responses=True),
                            self.key_prefix)
-        token, _ = keys.create(tenant_id="local", scopes=list(Scope), name="local stack")
+        token, _ = keys.create(tenant_id=LOCAL_TENANT, scopes=list(Scope), name="local stack")
         return token
 
     def _embedded_redis(self) -> str:

@@ -2,6 +2,7 @@
 
 from celery import Celery
 
+from shared.queues import PRIORITY_STEPS
 from shared.settings import BaseServiceSettings
 
 
@@ -13,7 +14,7 @@ def create_celery_app(name: str, settings: BaseServiceSettings) -> Celery:
         "visibility_timeout": settings.VISIBILITY_TIMEOUT_SECONDS,
         # Priority lists become "queue:3" and not an invisible "queue\x06\x163".
         "sep": ":",
-        "priority_steps": list(range(10)),
+        "priority_steps": list(PRIORITY_STEPS),
         "queue_order_strategy": "priority",
     }
     app.conf.update(

@@ -109,3 +109,7 @@ class TesseraError(Exception):
     def retryable(self) -> bool:
         """Whether the same job may succeed if tried again."""
         return ERRORS[self.code].retryable
+
+
+class JobCanceled(Exception):
+    """Raised at a safe point when the job being worked on was canceled by its owner."""

@@ -13,8 +13,9 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from shared.auth import ApiKeyStore, Principal, Scope
 from shared.errors import ERRORS, ErrorCode, TesseraError
-from shared.job_store import JobStore
+from shared.job_store import JobGone, JobNotFound, JobStore
 from shared.object_store import ObjectStore
+from shared.schemas import JobRecord
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing
 
@@ -167,3 +168,24 @@ ANONYMOUS = Principal("anonymous", "public", frozenset(Scope))
 SubmitterDep = Annotated[Principal, Depends(require(Scope.submit))]
 ReaderDep = Annotated[Principal, Depends(require(Scope.read))]
 AdminDep = Annotated[Principal, Depends(require(Scope.admin))]
+
+
+def valid_job(job_id: str, jobs: JobStoreDep, principal: ReaderDep) -> JobRecord:
+    """The caller's job in the path: 404 job_not_found for unknown ids and other tenants' jobs,
+    410 result_gone for the caller's jobs purged by retention."""
+    try:
+        record = jobs.get(job_id)
+    except JobGone as gone:
+        if gone.tenant_id == principal.tenant_id:
+            raise TesseraError(ErrorCode.result_gone,
+                               f"Job {job_id} and its result were deleted when its retention "
+                               "period ended.") from None
+        record = None
+    except JobNotFound:
+        record = None
+    if record is None or record.tenant_id != principal.tenant_id:
+        raise TesseraError(ErrorCode.job_not_found, f"No job has the id {job_id!r}.")
+    return record
+
+
+JobDep = Annotated[JobRecord, Depends(valid_job)]

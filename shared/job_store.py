@@ -17,8 +17,10 @@ _RUNNING_STATUS: dict[WorkStage, JobStatus] = {
     "preprocess": JobStatus.preprocessing,
     "inference": JobStatus.inferring,
 }
-# Retention of job records and their events; issue-level policies may shorten it per job.
-RECORD_TTL_SECONDS = 7 * 24 * 3600
+# The longest a job may stay unfinished; its record outlives this by its retention.
+MAX_OPEN_SECONDS = 7 * 24 * 3600
+# How long an id whose job was purged answers 410 instead of 404.
+GONE_TTL_SECONDS = 90 * 24 * 3600
 
 
 def utcnow() -> datetime:
@@ -36,6 +38,31 @@ class Transition:
 
 class JobNotFound(KeyError):
     """No job has this id."""
+
+
+class JobGone(KeyError):
+    """The job existed but was purged when its retention ended."""
+
+    def __init__(self, job_id: str, tenant_id: str) -> None:
+        super().__init__(job_id)
+        self.tenant_id = tenant_id
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of a tenant's jobs a listing returns."""
+
+    statuses: frozenset[JobStatus] = frozenset()
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, record: JobRecord) -> bool:
+        """True when the record passes every given condition."""
+        return ((not self.statuses or record.status in self.statuses)
+                and (self.model is None or record.model == self.model)
+                and all(record.metadata.get(key) == value for key, value in self.metadata))
 
 
 class JobStore:
@@ -57,22 +84,59 @@ class JobStore:
         """The Redis stream that records every state change of a job."""
         return f"{self.prefix}:job:{job_id}:events"
 
+    def _tenant_index(self, tenant_id: str) -> str:
+        return f"{self.prefix}:tenant:{tenant_id}:jobs"
+
     def create(self, record: JobRecord) -> None:
-        """Store a new job and its first event; an existing id is an error."""
+        """Store a new job, its first event and its place in its tenant's listing."""
         with self.redis.pipeline() as pipe:
             pipe.set(self._key(record.id), record.model_dump_json(), nx=True,
-                     ex=RECORD_TTL_SECONDS)
+                     ex=MAX_OPEN_SECONDS + record.retention_seconds)
             self._append_event(pipe, record)
+            pipe.zadd(self._tenant_index(record.tenant_id),
+                      {record.id: record.times.created_at.timestamp()})
+            if record.deadline_at is not None:
+                pipe.zadd(f"{self.prefix}:deadlines", {record.id: record.deadline_at.timestamp()})
             created, *_ = pipe.execute()
         if not created:
             raise ValueError(f"job {record.id} already exists")
 
     def get(self, job_id: str) -> JobRecord:
-        """The stored job (JobNotFound when there is none)."""
+        """The stored job (JobGone once purged, JobNotFound when there never was one)."""
         raw = self.redis.get(self._key(job_id))
         if raw is None:
-            raise JobNotFound(job_id)
+            tenant = cast(str | None, self.redis.get(f"{self.prefix}:gone:{job_id}"))
+            raise JobNotFound(job_id) if tenant is None else JobGone(job_id, tenant)
         return JobRecord.model_validate_json(raw)
+
+    def list_jobs(self, tenant_id: str, where: JobFilter, *, limit: int,
+             cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs, newest first, and the cursor of the next page (None at the end).
+
+        The cursor is the creation time of the last job returned; filters other than time are
+        applied while reading, scanning at most a bounded number of jobs per page.
+        """
+        high = f"({cursor}" if cursor else (
+            repr(where.created_before.timestamp()) if where.created_before else "+inf")
+        low = repr(where.created_after.timestamp()) if where.created_after else "-inf"
+        found: list[JobRecord] = []
+        scanned = 0
+        while len(found) < limit and scanned < LIST_SCAN_LIMIT:
+            batch = cast(list[tuple[str, float]], self.redis.zrevrangebyscore(
+                self._tenant_index(tenant_id), high, low, start=0, num=limit * 2,
+                withscores=True))
+            if not batch:
+                return found, None
+            raws = cast(list[str | None], self.redis.mget([self._key(job_id)
+                                                           for job_id, _ in batch]))
+            for (_, score), raw in zip(batch, raws, strict=True):
+                high, scanned = f"({score!r}", scanned + 1
+                record = JobRecord.model_validate_json(raw) if raw else None
+                if record is not None and where.matches(record):
+                    found.append(record)
+                    if len(found) == limit:
+                        return found, repr(score)
+        return found, high.removeprefix("(") if scanned >= LIST_SCAN_LIMIT else None
 
     def events(self, job_id: str) -> list[dict[str, str]]:
         """Every recorded state change of a job, oldest first."""
@@ -93,11 +157,17 @@ class JobStore:
 
     def claim(self, job_id: str, stage: WorkStage, *, max_attempts: int,
               worker: str) -> Transition:
-        """Start (or restart) a stage in worker; fails the job once the stage used its attempts."""
+        """Start (or restart) a stage in worker; ends the job instead when it was canceled, its
+        deadline passed before it started, or the stage used up its attempts."""
 
         def start(record: JobRecord) -> JobRecord | None:
             if record.status.terminal:
                 return None
+            if record.status is JobStatus.canceling:
+                return _ended(record, JobStatus.canceled, CANCELED, stage)
+            if (record.status is JobStatus.queued and record.deadline_at is not None
+                    and record.deadline_at < utcnow()):
+                return _ended(record, JobStatus.expired, _expired(record), stage)
             attempts = record.attempts.get(stage, 0)
             if attempts >= max_attempts:
                 return _failed(record, TesseraError(
@@ -149,6 +219,70 @@ class JobStore:
 
         return self._update(job_id, fail)
 
+    def request_cancel(self, job_id: str) -> Transition:
+        """Cancel a queued job at once; ask a running one to stop at its next safe point."""
+
+        def cancel(record: JobRecord) -> JobRecord | None:
+            if record.status.terminal or record.status is JobStatus.canceling:
+                return None
+            if record.status is JobStatus.queued:
+                return _ended(record, JobStatus.canceled, CANCELED, "ingest")
+            record.status = JobStatus.canceling
+            return record
+
+        return self._update(job_id, cancel)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """True once a cancel was asked for (a worker's safe-point check)."""
+        return self.get(job_id).status in (JobStatus.canceling, JobStatus.canceled)
+
+    def finish_canceled(self, job_id: str, stage: Stage) -> Transition:
+        """End a job whose worker stopped because it was asked to."""
+
+        def finish(record: JobRecord) -> JobRecord | None:
+            if record.status.terminal:
+                return None
+            return _ended(record, JobStatus.canceled, CANCELED, stage)
+
+        return self._update(job_id, finish)
+
+    def expire_overdue(self, limit: int = 100) -> list[JobRecord]:
+        """End queued jobs whose deadline passed (whoever removes an entry handles it)."""
+        overdue = cast(list[str], self.redis.zrangebyscore(
+            f"{self.prefix}:deadlines", 0, utcnow().timestamp(), start=0, num=limit))
+        ended = []
+        for job_id in overdue:
+            if not self.redis.zrem(f"{self.prefix}:deadlines", job_id):
+                continue
+            try:
+                transition = self._update(job_id, _expire_if_queued)
+            except JobNotFound:
+                continue
+            if transition.changed:
+                ended.append(transition.record)
+        return ended
+
+    def take_expired_retention(self, limit: int = 100) -> list[JobRecord]:
+        """Forget jobs whose retention ended, leaving a tombstone (410); returns them so the
+        caller deletes their objects."""
+        due = cast(list[str], self.redis.zrangebyscore(
+            f"{self.prefix}:retention", 0, utcnow().timestamp(), start=0, num=limit))
+        purged = []
+        for job_id in due:
+            if not self.redis.zrem(f"{self.prefix}:retention", job_id):
+                continue
+            try:
+                record = self.get(job_id)
+            except (JobNotFound, JobGone):
+                continue
+            with self.redis.pipeline() as pipe:
+                pipe.set(f"{self.prefix}:gone:{job_id}", record.tenant_id, ex=GONE_TTL_SECONDS)
+                pipe.delete(self._key(job_id), self.events_key(job_id))
+                pipe.zrem(self._tenant_index(record.tenant_id), job_id)
+                pipe.execute()
+            purged.append(record)
+        return purged
+
     def _update(self, job_id: str, mutate: Callable[[JobRecord], JobRecord | None]) -> Transition:
         """Apply mutate atomically (optimistic WATCH/MULTI); None from mutate means no change."""
         key = self._key(job_id)
@@ -169,21 +303,53 @@ class JobStore:
                     pipe.set(key, after.model_dump_json(), keepttl=True)
                     if after.status != before.status:
                         self._append_event(pipe, after)
+                    if after.status.terminal and not before.status.terminal:
+                        self._start_retention(pipe, after)
                     pipe.execute()
                     return Transition(after, changed=after.status != before.status)
                 except redis.WatchError:
                     continue
+
+    def _start_retention(self, pipe: redis.client.Pipeline, record: JobRecord) -> None:
+        """Schedule the purge of an ended job; Redis keeps it a day longer as a safety net."""
+        expires_at = utcnow().timestamp() + record.retention_seconds
+        pipe.zadd(f"{self.prefix}:retention", {record.id: expires_at})
+        pipe.zrem(f"{self.prefix}:deadlines", record.id)
+        for key in (self._key(record.id), self.events_key(record.id)):
+            pipe.expire(key, record.retention_seconds + 24 * 3600)
 
     def _append_event(self, pipe: redis.client.Pipeline, record: JobRecord) -> None:
         data = {"status": record.status.value, "at": record.updated_at.isoformat()}
         if record.error is not None:
             data["error"] = record.error.model_dump_json()
         pipe.xadd(self.events_key(record.id), {"type": "status", "data": json.dumps(data)})
-        pipe.expire(self.events_key(record.id), RECORD_TTL_SECONDS)
+        pipe.expire(self.events_key(record.id), MAX_OPEN_SECONDS + record.retention_seconds)
+
+
+CANCELED = TesseraError(ErrorCode.canceled_by_user, "The job was canceled at your request.")
+# Jobs scanned at most to fill one page of a filtered listing.
+LIST_SCAN_LIMIT = 1000
+
+
+def _expired(record: JobRecord) -> TesseraError:
+    return TesseraError(ErrorCode.deadline_exceeded,
+                        f"The job did not start before its deadline ({record.deadline_at}); "
+                        "submit it again with a longer queue_ttl_seconds or when the queue is "
+                        "shorter.")
+
+
+def _expire_if_queued(record: JobRecord) -> JobRecord | None:
+    if record.status is not JobStatus.queued:
+        return None
+    return _ended(record, JobStatus.expired, _expired(record), "ingest")
 
 
 def _failed(record: JobRecord, error: TesseraError, stage: Stage) -> JobRecord:
-    record.status = JobStatus.failed
+    return _ended(record, JobStatus.failed, error, stage)
+
+
+def _ended(record: JobRecord, status: JobStatus, error: TesseraError, stage: Stage) -> JobRecord:
+    record.status = status
     record.error = JobError(code=error.code, message=error.message, retryable=error.retryable,
                             stage=stage)
     record.times.finished_at = utcnow()

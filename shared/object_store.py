@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from minio import Minio
 from minio.commonconfig import CopySource
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from pydantic import BaseModel
 
@@ -102,6 +103,12 @@ class ObjectStore:
         for item in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
             if item.object_name is not None:
                 yield item.object_name
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every object under prefix."""
+        doomed = [DeleteObject(key) for key in self.list_keys(prefix)]
+        for failure in self.client.remove_objects(self.bucket, doomed):
+            raise RuntimeError(f"could not delete {failure.name}: {failure.message}")
 
     def presigned_get_url(self, key: str, expires: timedelta) -> str:
         """A URL that reads key without credentials until it expires."""

@@ -1,6 +1,6 @@
 """Contracts between services: job records, public job views, queue payloads and results."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -99,6 +99,9 @@ class MediaRef(BaseModel):
     sha256: str
 
 
+Priority = Literal["interactive", "batch"]
+
+
 class JobCreate(BaseModel):
     """What a client asks for, apart from the media itself."""
 
@@ -114,6 +117,12 @@ class JobCreate(BaseModel):
     json_schema: dict[str, Any] | None = None
     # Continue that job's conversation: its prompt, media and answer become the history.
     previous_job_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    priority: Priority = "interactive"
+    # A job that has not started within this many seconds ends as expired.
+    queue_ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    # How long the job and its result are kept after it ends.
+    retention_seconds: int | None = Field(default=None, ge=3600, le=90 * 24 * 3600)
 
 
 class JobError(BaseModel):
@@ -151,6 +160,11 @@ class JobRecord(BaseModel):
     webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
     json_schema: dict[str, Any] | None = None
     previous_job_id: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    priority: Priority = "interactive"
+    deadline_at: datetime | None = None
+    retention_seconds: int
+    retry_of: str | None = None
     trace_id: str | None = None
     attempts: dict[str, int] = Field(default_factory=dict)
     times: StageTimes
@@ -159,6 +173,13 @@ class JobRecord(BaseModel):
     result_key: str | None = None
     # "host/pid" of the process running the current stage: for operators and fault tests.
     worker: str | None = None
+
+
+class JobsPublic(BaseModel):
+    """A page of jobs, newest first; pass next_cursor back as `cursor` for the next page."""
+
+    data: list["JobPublic"]
+    next_cursor: str | None
 
 
 class JobLinks(BaseModel):
@@ -180,6 +201,11 @@ class JobPublic(BaseModel):
     times: StageTimes
     error: JobError | None
     trace_id: str | None
+    metadata: dict[str, str]
+    priority: Priority
+    deadline_at: datetime | None
+    result_expires_at: datetime | None
+    retry_of: str | None
     links: JobLinks
 
     @classmethod
@@ -189,7 +215,11 @@ class JobPublic(BaseModel):
         return cls(
             id=record.id, status=record.status, terminal=record.status.terminal,
             model=record.model, attempts=record.attempts, times=record.times,
-            error=record.error, trace_id=record.trace_id,
+            error=record.error, trace_id=record.trace_id, metadata=record.metadata,
+            priority=record.priority, deadline_at=record.deadline_at, retry_of=record.retry_of,
+            result_expires_at=(
+                record.times.finished_at + timedelta(seconds=record.retention_seconds)
+                if record.times.finished_at else None),
             links=JobLinks(self=self_url, result=f"{self_url}/result", events=f"{self_url}/events"),
         )
 

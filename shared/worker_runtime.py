@@ -16,23 +16,17 @@ from celery.signals import (
 )
 
 from shared.celery_factory import create_celery_app
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobNotFound, JobStore, WorkStage
 from shared.leases import LeaseBook, StageTask, this_worker
-from shared.object_store import ObjectStore
+from shared.object_store import JobKeys, ObjectStore
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
-from shared.schemas import EventType, JobRecord, JobStatus, WebhookTask
+from shared.schemas import JobRecord
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing, shutdown_tracing
+from shared.webhook_events import TERMINAL_EVENTS, WebhookDelivery, WebhookEventType, WebhookOutbox
 
 log = logging.getLogger(__name__)
-
-_EVENT_TYPES: dict[JobStatus, EventType] = {
-    JobStatus.succeeded: "job.succeeded",
-    JobStatus.failed: "job.failed",
-    JobStatus.canceled: "job.canceled",
-    JobStatus.expired: "job.expired",
-}
 
 
 @dataclass
@@ -56,13 +50,33 @@ class WorkerClients:
 
     def notify_if_terminal(self, record: JobRecord) -> None:
         """Queue the terminal webhook of an ended job (delivery drops duplicates by event id)."""
-        if record.webhook_url is None or record.status not in _EVENT_TYPES:
-            return
-        task = WebhookTask(job_id=record.id, event_type=_EVENT_TYPES[record.status])
-        self.celery.send_task(WEBHOOK_TASK, kwargs=task.model_dump(), queue=WEBHOOK_QUEUE)
+        if record.status in TERMINAL_EVENTS:
+            self._queue_event(record, TERMINAL_EVENTS[record.status], {})
 
-    def keep_leases(self) -> None:
-        """Forever: renew this process's leases and re-queue stages whose holder went silent."""
+    def notify(self, record: JobRecord, event_type: WebhookEventType,
+               data: dict[str, object]) -> None:
+        """Queue a started, progress or output webhook if the job asked for it; never raises."""
+        try:
+            self._queue_event(record, event_type, data)
+        except Exception:  # best effort: a lost progress event must not fail the job's work
+            log.exception("job %s: could not queue its %s webhook", record.id, event_type)
+
+    def _queue_event(self, record: JobRecord, event_type: WebhookEventType,
+                     data: dict[str, object]) -> None:
+        event = WebhookOutbox(self.jobs.redis, self.settings.KEY_PREFIX).create(
+            record, event_type, data)
+        if event is not None:
+            delivery = WebhookDelivery(job_id=record.id, event_id=event.id)
+            self.celery.send_task(WEBHOOK_TASK, kwargs=delivery.model_dump(),
+                                  queue=WEBHOOK_QUEUE)
+
+    def keep_house(self) -> None:
+        """Forever: renew this process's leases, re-queue stages whose holder went silent,
+        expire queued jobs past their deadline and purge jobs whose retention ended.
+
+        Every worker process runs this; each item is claimed atomically, so any one of them
+        handles it once, and a deployment scaled to zero GPUs still expires and purges jobs.
+        """
         period = self.settings.LEASE_SECONDS / 3
         while True:
             try:
@@ -73,8 +87,12 @@ class WorkerClients:
                     log.warning("re-queuing %s for job %s: its worker stopped renewing the lease",
                                 task.name, task.kwargs.get("job_id"))
                     self.celery.send_task(task.name, kwargs=task.kwargs, queue=task.queue)
+                for record in self.jobs.expire_overdue():
+                    self.notify_if_terminal(record)
+                for record in self.jobs.take_expired_retention():
+                    self.objects.delete_prefix(JobKeys(record.id).prefix)
             except Exception:  # a Redis hiccup must not end the heartbeat
-                log.exception("lease heartbeat failed; retrying")
+                log.exception("housekeeping failed; retrying")
             threading.Event().wait(period)
 
 
@@ -128,6 +146,9 @@ def _run_claimed(clients: WorkerClients, job_id: str, stage: WorkStage, worker: 
         return
     try:
         ended = work(claim.record)
+    except JobCanceled:
+        log.info("job %s canceled during %s", job_id, stage)
+        ended = clients.jobs.finish_canceled(job_id, stage).record
     except TesseraError as error:
         log.info("job %s failed in %s: %s", job_id, stage, error)
         ended = clients.jobs.fail(job_id, error, stage).record
@@ -163,7 +184,7 @@ def create_worker_app(name: str, settings: BaseServiceSettings, *, queue: str, t
         global _clients
         setup_tracing(settings.OTEL_SERVICE_NAME, settings)
         _clients = WorkerClients.connect(settings, app)
-        threading.Thread(target=_clients.keep_leases, name="lease-heartbeat", daemon=True).start()
+        threading.Thread(target=_clients.keep_house, name="housekeeping", daemon=True).start()
         if on_process_init is not None:
             on_process_init()
 

@@ -9,11 +9,12 @@ from scripts.localstack import LocalStack
 
 
 def submit(stack: LocalStack, files: list[tuple[str, bytes]], prompt: str = "Describe this.",
-           **fields: object) -> httpx.Response:
+           headers: dict[str, str] | None = None, **fields: object) -> httpx.Response:
     """POST /v1/jobs with files and form fields."""
     data = {"prompt": prompt, "max_new_tokens": "8", **{k: str(v) for k, v in fields.items()}}
     return httpx.post(f"{stack.ingest_url}/v1/jobs", data=data, timeout=30,
-                      files=[("files", item) for item in files], headers=auth(stack))
+                      files=[("files", item) for item in files],
+                      headers={**auth(stack), **(headers or {})})
 
 
 def wait_terminal(stack: LocalStack, job_id: str, timeout: float = 90) -> dict[str, Any]:

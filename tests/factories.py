@@ -14,6 +14,6 @@ def job_record(**fields: Any) -> JobRecord:
         "id": f"job_{uuid.uuid4().hex}", "tenant_id": "t", "api_key_id": "k",
         "status": JobStatus.queued, "model": "m", "prompt": "p",
         "generation": GenerationParams(), "media_options": MediaOptions(), "media": [],
-        "times": StageTimes(created_at=now), "updated_at": now,
+        "times": StageTimes(created_at=now), "updated_at": now, "retention_seconds": 3600,
     }
     return JobRecord(**(defaults | fields))

@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 
 from services.inference_worker.engine import Engine, EngineImage, EngineRequest, Turn
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobStore, utcnow
 from shared.json_output import parse_output
 from shared.object_store import JobKeys, ObjectStore
@@ -31,11 +31,14 @@ class PartialOutput:
         self.record_delta = record_delta
         self.interval = interval
         self.pending: list[str] = []
+        # Pieces taken so far: about one token each (progress reports).
+        self.received = 0
         self.flushed_at = time.monotonic()
 
     def __call__(self, delta: str) -> None:
         """Take one new piece of text."""
         self.pending.append(delta)
+        self.received += 1
         if time.monotonic() - self.flushed_at >= self.interval:
             self.flush()
 
@@ -47,18 +50,38 @@ class PartialOutput:
         self.flushed_at = time.monotonic()
 
 
+class CancelWatch:
+    """Answers "was this job canceled?" from the job store, asking at most every `interval`."""
+
+    def __init__(self, canceled: Callable[[], bool], interval: float = 0.5) -> None:
+        self.canceled = canceled
+        self.interval = interval
+        self.asked_at = 0.0
+        self.answer = False
+
+    def __call__(self) -> bool:
+        """True once a cancel was requested (polled by the engine at each step)."""
+        if not self.answer and time.monotonic() - self.asked_at >= self.interval:
+            self.asked_at = time.monotonic()
+            self.answer = self.canceled()
+        return self.answer
+
+
 def answer_job(*, record: JobRecord, manifest: PreparedJob, objects: ObjectStore,
                jobs: JobStore, engine: Engine,
                on_text: PartialOutput | None = None) -> JobResult:
     """Run the model on the job's prepared inputs (and its conversation's earlier turns) and
-    return the result to store."""
+    return the result to store; JobCanceled when its owner canceled it while it ran."""
     request = EngineRequest(question=record.prompt, images=_images(manifest, objects),
                             generation=record.generation,
                             history=conversation_history(record, jobs=jobs, objects=objects),
-                            json_schema=record.json_schema)
+                            json_schema=record.json_schema,
+                            should_stop=CancelWatch(lambda: jobs.cancel_requested(record.id)))
     output = engine.generate(request, on_text)
     if on_text is not None:
         on_text.flush()
+    if output.finish_reason == "canceled":
+        raise JobCanceled
     output_json, json_valid = (parse_output(output.text, record.json_schema)
                                if record.json_schema is not None else (None, None))
     finished_at = utcnow()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -14,7 +14,7 @@ from shared.schemas import GenerationParams
 TILE_SIZE = 448
 IMAGE_PLACEHOLDER = "<image>"
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "canceled"]
 # Receives each new piece of the answer while it is being generated.
 OnText = Callable[[str], None]
 
@@ -69,6 +69,8 @@ class EngineRequest:
     generation: GenerationParams
     history: tuple[Turn, ...] = ()
     json_schema: dict[str, Any] | None = None
+    # Polled while generating; True stops this request early with finish_reason "canceled".
+    should_stop: Callable[[], bool] | None = field(default=None, compare=False)
 
     @property
     def all_images(self) -> list[EngineImage]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -174,9 +175,12 @@ def classify_error(message: str) -> ErrorCode:
     return ErrorCode.engine_error
 
 
-def to_output(response: ResponseLike) -> EngineOutput:
-    """An `EngineOutput` from an LMDeploy response; failures (which do not raise) become errors."""
-    finish = _FINISHED.get(response.finish_reason)
+def to_output(response: ResponseLike, *, partial: bool = False) -> EngineOutput:
+    """An `EngineOutput` from an LMDeploy response; failures (which do not raise) become errors.
+
+    A partial response (generation still running) has no finish reason yet.
+    """
+    finish = "length" if partial else _FINISHED.get(response.finish_reason)
     if finish is not None:
         return EngineOutput(text=response.text, prompt_tokens=response.input_token_len,
                             completion_tokens=response.generate_token_len, finish_reason=finish)
@@ -235,6 +239,9 @@ class LMDeployEngine:
                 if on_text is not None and chunk.text:
                     on_text(chunk.text)
                 merged = chunk if merged is None else merged.extend(chunk)
+                if request.should_stop is not None and request.should_stop():
+                    # Leaving the generator makes the pipeline abort this session.
+                    return replace(to_output(merged, partial=True), finish_reason="canceled")
         except Exception as exc:  # LMDeploy raises for failures outside a running request
             raise TesseraError(classify_error(str(exc)),
                                f"LMDeploy failed the request: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 from transformers import AutoTokenizer, InternVLForConditionalGeneration
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from services.inference_worker.engine import (
@@ -38,6 +40,7 @@ class _Prepared:
     min_new_tokens: int
     generation: GenerationParams
     on_text: OnText | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -170,7 +173,8 @@ class TransformersEngine:
         max_new = min(request.generation.max_new_tokens, room)
         return _Prepared(input_ids=input_ids, tiles=tiles, max_new_tokens=max_new,
                          min_new_tokens=min(request.generation.min_new_tokens, max_new),
-                         generation=request.generation, on_text=on_text)
+                         generation=request.generation, on_text=on_text,
+                         should_stop=request.should_stop)
 
     def _run(self, group: list[_Prepared]) -> list[EngineOutput]:
         generation = group[0].generation
@@ -190,6 +194,9 @@ class TransformersEngine:
             "pad_token_id": self.pad_token_id,
             "do_sample": not generation.greedy,
         }
+        stopper = _RowStopper([item.should_stop for item in group])
+        if stopper.active:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stopper])
         if any(item.on_text for item in group):
             kwargs["streamer"] = _RowStreamer(self.tokenizer, [item.on_text for item in group],
                                               self.eos_token_ids)
@@ -207,18 +214,34 @@ class TransformersEngine:
                 with torch.random.fork_rng(devices=devices):
                     torch.manual_seed(generation.seed)
                     sequences = self.model.generate(**kwargs)
-        return [self._output(item, sequences[row, width:].tolist())
+        return [self._output(item, sequences[row, width:].tolist(), stopper.stopped[row])
                 for row, item in enumerate(group)]
 
-    def _output(self, item: _Prepared, new_tokens: list[int]) -> EngineOutput:
+    def _output(self, item: _Prepared, new_tokens: list[int], canceled: bool) -> EngineOutput:
         stop = next((i for i, token in enumerate(new_tokens) if token in self.eos_token_ids), None)
         completion = new_tokens if stop is None else new_tokens[:stop]
         return EngineOutput(
             text=cast(str, self.tokenizer.decode(completion, skip_special_tokens=True)),
             prompt_tokens=len(item.input_ids),
             completion_tokens=len(completion),
-            finish_reason="length" if stop is None else "stop",
+            finish_reason="canceled" if canceled else "length" if stop is None else "stop",
         )
+
+
+class _RowStopper(StoppingCriteria):
+    """Ends the rows of a batch whose request asked to stop; the other rows go on."""
+
+    def __init__(self, checks: list[Callable[[], bool] | None]) -> None:
+        self.checks = checks
+        self.stopped = [False] * len(checks)
+        self.active = any(checks)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                 **_: Any) -> torch.BoolTensor:
+        """Per row: True once its request's check said stop (and ever after)."""
+        for row, check in enumerate(self.checks):
+            self.stopped[row] = self.stopped[row] or bool(check and check())
+        return cast(torch.BoolTensor, torch.tensor(self.stopped, device=input_ids.device))
 
 
 class _RowStreamer(BaseStreamer):

@@ -2,17 +2,20 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi import APIRouter, Form, Header, Response, UploadFile
 from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.deps import ProducerDep, SettingsDep
-from services.ingest_api.service import Upload, submit_job
-from shared.http_api import JobStoreDep, ObjectStoreDep, SubmitterDep
+from services.ingest_api.service import Upload, retry_job, submit_job
+from shared.errors import ErrorCode, TesseraError
+from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, SubmitterDep
+from shared.job_waits import preferred_wait, wait_until_finished
 from shared.schemas import (
     GenerationParams,
     JobCreate,
     JobPublic,
     MediaOptions,
+    Priority,
     WebhookEventFilter,
 )
 
@@ -36,6 +39,13 @@ class JobForm(GenerationParams, MediaOptions):
         default=None, description="A JSON Schema (as a JSON string) the answer must match")
     previous_job_id: str | None = Field(
         default=None, description="A succeeded job whose conversation this job continues")
+    metadata: Json[dict[str, str]] | None = Field(
+        default=None, description="Up to 16 string pairs (a JSON object) to filter listings by")
+    priority: Priority = "interactive"
+    queue_ttl_seconds: int | None = Field(
+        default=None, ge=1, description="End the job as expired if it has not started by then")
+    retention_seconds: int | None = Field(
+        default=None, ge=3600, description="How long the job and result are kept after it ends")
 
     def to_create(self) -> JobCreate:
         """The structured request this form stands for."""
@@ -43,7 +53,9 @@ class JobForm(GenerationParams, MediaOptions):
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
             webhook_events=self.webhook_events, json_schema=self.json_schema,
-            previous_job_id=self.previous_job_id,
+            previous_job_id=self.previous_job_id, metadata=self.metadata or {},
+            priority=self.priority, queue_ttl_seconds=self.queue_ttl_seconds,
+            retention_seconds=self.retention_seconds,
             generation=GenerationParams.model_validate(
                 {k: v for k, v in fields.items() if k in GenerationParams.model_fields}),
             media_options=MediaOptions.model_validate(
@@ -52,16 +64,53 @@ class JobForm(GenerationParams, MediaOptions):
 
 
 @router.post("/jobs", status_code=202, response_model=JobPublic,
-             summary="Submit media and a prompt; answers at once with the queued job")
+             summary="Submit media and a prompt; answers at once with the queued job",
+             responses={200: {"model": JobPublic,
+                              "description": "Finished within `Prefer: wait=N`."}})
 def create_job(form: Annotated[JobForm, Form()], response: Response, principal: SubmitterDep,
                settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
-               producer: ProducerDep) -> JobPublic:
-    """Accept a job: 202 with the job object and its Location."""
-    record = submit_job(request=form.to_create(),
-                        uploads=[Upload(item.filename or f"file-{i}", item.file)
-                                 for i, item in enumerate(form.files)],
-                        principal=principal, settings=settings, objects=objects, jobs=jobs,
-                        producer=producer)
+               producer: ProducerDep,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+               prefer: Annotated[str | None, Header()] = None) -> JobPublic:
+    """Accept a job: 202 with the job object and its Location (200 if it finished within
+    `Prefer: wait=N`); a repeated Idempotency-Key returns the first request's job."""
+    submission = submit_job(request=form.to_create(),
+                            uploads=[Upload(item.filename or f"file-{i}", item.file)
+                                     for i, item in enumerate(form.files)],
+                            principal=principal, idempotency_key=idempotency_key,
+                            settings=settings, objects=objects, jobs=jobs, producer=producer)
+    record = submission.record
+    if submission.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    wait = preferred_wait(prefer)
+    if wait is not None:
+        record = wait_until_finished(jobs, record, wait)
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        if record.status.terminal:
+            response.status_code = 200
     job = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
     response.headers["Location"] = job.links.self
     return job
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic,
+             summary="Cancel a job: at once when queued, at the next safe point when running")
+def cancel_job(job: JobDep, principal: SubmitterDep, jobs: JobStoreDep,
+               settings: SettingsDep) -> JobPublic:
+    """The job after the cancel request: `canceled`, or `canceling` while its worker stops."""
+    if job.status.terminal:
+        raise TesseraError(ErrorCode.job_not_cancelable,
+                           f"Job {job.id} already ended as {job.status}.")
+    record = jobs.request_cancel(job.id).record
+    return JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobPublic,
+             summary="Run a failed, canceled or expired job again, as a new job")
+def retry(job: JobDep, principal: SubmitterDep, response: Response, settings: SettingsDep,
+          objects: ObjectStoreDep, jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
+    """The new job (its `retry_of` names the original), with its Location."""
+    record = retry_job(original=job, objects=objects, jobs=jobs, producer=producer)
+    public = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
+    response.headers["Location"] = public.links.self
+    return public

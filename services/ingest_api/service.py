@@ -4,19 +4,27 @@ import hashlib
 import io
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import BinaryIO
 
 from celery import Celery
 from opentelemetry import trace
 
 from services.ingest_api.config import IngestSettings
+from services.ingest_api.idempotency import IdempotencyKeys, fingerprint
 from shared.auth import Principal
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
-from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
+from shared.queues import (
+    CELERY_PRIORITY,
+    PREPROCESS_QUEUE,
+    PREPROCESS_TASK,
+    inference_queue,
+    priority_lists,
+)
 from shared.schemas import (
     JobCreate,
     JobRecord,
@@ -48,10 +56,19 @@ class _CheckedUpload:
     sha256: str
 
 
+@dataclass(frozen=True)
+class Submission:
+    """The accepted job, and whether it was created by an earlier request with the same key."""
+
+    record: JobRecord
+    replayed: bool
+
+
 def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principal,
-               settings: IngestSettings, objects: ObjectStore, jobs: JobStore,
-               producer: Celery) -> JobRecord:
-    """Validate everything first, then store media, record the job and queue it."""
+               idempotency_key: str | None, settings: IngestSettings, objects: ObjectStore,
+               jobs: JobStore, producer: Celery) -> Submission:
+    """Validate everything first, then store media, record the job and queue it; a repeated
+    Idempotency-Key with the same request returns the job the first request created."""
     model = request.model or settings.DEFAULT_MODEL
     if model not in settings.served_models:
         raise TesseraError(ErrorCode.unknown_model,
@@ -72,7 +89,29 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
         raise TesseraError(ErrorCode.too_many_files,
                            f"{len(uploads)} files were sent; the limit is {settings.MAX_FILES}.")
     checked = [_check_upload(upload, settings) for upload in uploads]
+    if idempotency_key is None:
+        return Submission(_accept(request, checked, model, principal, settings, objects, jobs,
+                                  producer), replayed=False)
+    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
+    digest = fingerprint(request.model_dump(mode="json"),
+                         [(item.upload.filename, item.sha256) for item in checked])
+    earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
+    if earlier is not None:
+        return Submission(jobs.get(earlier), replayed=True)
+    try:
+        record = _accept(request, checked, model, principal, settings, objects, jobs, producer)
+    except BaseException:
+        keys.abort(principal.tenant_id, idempotency_key)
+        raise
+    keys.finish(principal.tenant_id, idempotency_key, digest, record.id)
+    return Submission(record, replayed=False)
 
+
+def _accept(request: JobCreate, checked: list["_CheckedUpload"], model: str,
+            principal: Principal, settings: IngestSettings, objects: ObjectStore,
+            jobs: JobStore, producer: Celery) -> JobRecord:
+    """Store the media, record the job and queue it."""
+    _check_backpressure(jobs, model, settings)
     job_id = f"job_{uuid.uuid4().hex}"
     with tracer.start_as_current_span("job.submit", attributes={"job.id": job_id}):
         keys = JobKeys(job_id)
@@ -93,12 +132,69 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
                            webhook_events=request.webhook_events,
                            json_schema=request.json_schema,
                            previous_job_id=request.previous_job_id,
+                           metadata=request.metadata, priority=request.priority,
+                           deadline_at=(now + timedelta(seconds=request.queue_ttl_seconds)
+                                        if request.queue_ttl_seconds else None),
+                           retention_seconds=request.retention_seconds
+                           or settings.RETENTION_SECONDS,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        producer.send_task(PREPROCESS_TASK, kwargs=PreprocessTask(job_id=job_id).model_dump(),
-                           queue=PREPROCESS_QUEUE)
+        enqueue_preprocess(producer, record)
     return record
+
+
+def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
+              producer: Celery) -> JobRecord:
+    """A new job with a failed, canceled or expired job's request and media."""
+    if original.status not in (JobStatus.failed, JobStatus.canceled, JobStatus.expired):
+        raise TesseraError(ErrorCode.job_not_retryable,
+                           f"Job {original.id} is {original.status}; only failed, canceled or "
+                           "expired jobs can be retried.")
+    job_id = f"job_{uuid.uuid4().hex}"
+    with tracer.start_as_current_span("job.retry", attributes={"job.id": job_id}):
+        media = []
+        for ref in original.media:
+            key = JobKeys(job_id).media(ref.index)
+            objects.copy(ref.key, key)
+            media.append(ref.model_copy(update={"key": key}))
+        now = utcnow()
+        ttl = (original.deadline_at - original.times.created_at
+               if original.deadline_at else None)
+        record = JobRecord(**original.model_dump(include=_REQUEST_FIELDS), id=job_id,
+                           status=JobStatus.queued, media=media, retry_of=original.id,
+                           deadline_at=now + ttl if ttl else None,
+                           trace_id=current_trace_id(), times=StageTimes(created_at=now),
+                           updated_at=now)
+        jobs.create(record)
+        enqueue_preprocess(producer, record)
+    return record
+
+
+# What a retry carries over from the original job: the request, not its outcome.
+_REQUEST_FIELDS = {"tenant_id", "api_key_id", "model", "prompt", "generation", "media_options",
+                   "webhook_url", "webhook_events", "json_schema", "previous_job_id", "metadata",
+                   "priority", "retention_seconds"}
+
+
+def enqueue_preprocess(producer: Celery, record: JobRecord) -> None:
+    """Queue a recorded job's first stage at its priority."""
+    producer.send_task(PREPROCESS_TASK, kwargs=PreprocessTask(job_id=record.id).model_dump(),
+                       queue=PREPROCESS_QUEUE, priority=CELERY_PRIORITY[record.priority])
+
+
+def _check_backpressure(jobs: JobStore, model: str, settings: IngestSettings) -> None:
+    """Refuse new work while the model's backlog is over its limit (never an unbounded queue)."""
+    lists = [name for queue in (PREPROCESS_QUEUE, inference_queue(model))
+             for name in priority_lists(queue)]
+    with jobs.redis.pipeline() as pipe:
+        for name in lists:
+            pipe.llen(name)
+        waiting = sum(pipe.execute())
+    if waiting >= settings.MAX_QUEUED_JOBS:
+        raise TesseraError(ErrorCode.queue_full,
+                           f"{waiting} jobs are waiting for {model}; the limit is "
+                           f"{settings.MAX_QUEUED_JOBS}. Retry later.", retry_after_seconds=30)
 
 
 def check_conversation(jobs: JobStore, previous_job_id: str, tenant_id: str,

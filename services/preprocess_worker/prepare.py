@@ -3,6 +3,7 @@
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from services.preprocess_worker.tiling import (
     tile_image,
     tile_image_bytes,
 )
+from shared.errors import JobCanceled
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import (
     ImageTiling,
@@ -61,7 +63,8 @@ def cache_entry(*, sha256: str, kind: MediaKind, options: MediaOptions, exact: b
 
 
 def prepare_job(*, job_id: str, media: list[MediaRef], options: MediaOptions,
-                objects: ObjectStore, settings: PreprocessSettings) -> PreparedJob:
+                objects: ObjectStore, settings: PreprocessSettings,
+                canceled: Callable[[], bool] = lambda: False) -> PreparedJob:
     """Prepare every input of a job, store tiles and manifest, and return the manifest.
 
     With PREPARED_CACHE, tiles are also kept by content hash and options (the hash is the
@@ -71,6 +74,8 @@ def prepare_job(*, job_id: str, media: list[MediaRef], options: MediaOptions,
     keys = JobKeys(job_id)
     inputs = []
     for ref in media:
+        if canceled():  # a safe point: between inputs
+            raise JobCanceled
         tiles_key = keys.prepared_tiles(ref.index)
         entry = cache_entry(sha256=ref.sha256, kind=ref.kind, options=options,
                             exact=settings.EXACT_IMAGE_RESIZE) if settings.PREPARED_CACHE else None

@@ -1,22 +1,48 @@
 """HTTP routes of the results API."""
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from services.results_api.deps import JobDep, SettingsDep
+from services.results_api.deps import SettingsDep
 from services.results_api.service import event_stream, finished_result
-from shared.http_api import JobStoreDep, ObjectStoreDep
-from shared.schemas import JobPublic, JobResult
+from shared.errors import ErrorCode, TesseraError
+from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, ReaderDep
+from shared.job_store import JobFilter
+from shared.job_waits import MAX_WAIT_SECONDS, wait_until_finished
+from shared.schemas import JobPublic, JobResult, JobsPublic, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
+@router.get("/jobs", response_model=JobsPublic, summary="The caller's jobs, newest first")
+def list_jobs(principal: ReaderDep, jobs: JobStoreDep, settings: SettingsDep,
+              status: Annotated[list[JobStatus] | None, Query()] = None,
+              model: str | None = None,
+              created_after: datetime | None = None, created_before: datetime | None = None,
+              metadata: Annotated[list[str] | None, Query(
+                  description="key=value; repeat to require several")] = None,
+              limit: Annotated[int, Query(ge=1, le=200)] = 50,
+              cursor: str | None = None) -> JobsPublic:
+    """A page of jobs matching the filters; follow `next_cursor` for more."""
+    where = JobFilter(statuses=frozenset(status or ()), model=model,
+                      created_after=created_after, created_before=created_before,
+                      metadata=tuple(_pair(item) for item in metadata or ()))
+    records, next_cursor = jobs.list_jobs(principal.tenant_id, where, limit=limit, cursor=cursor)
+    return JobsPublic(data=[JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
+                            for record in records], next_cursor=next_cursor)
+
+
 @router.get("/jobs/{job_id}", response_model=JobPublic, summary="A job's status, stages and error")
-def get_job(job: JobDep, settings: SettingsDep) -> JobPublic:
-    """The job object."""
-    return JobPublic.from_record(job, settings.PUBLIC_BASE_URL)
+def get_job(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
+            wait: Annotated[float | None, Query(
+                ge=0, description=f"Long-poll: wait up to this many seconds "
+                f"(at most {MAX_WAIT_SECONDS:g}) for the job to end")] = None) -> JobPublic:
+    """The job object, after waiting for it to end when `wait` is given."""
+    record = wait_until_finished(jobs, job, wait) if wait else job
+    return JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
 
 
 @router.get("/jobs/{job_id}/result", response_model=JobResult,
@@ -42,3 +68,11 @@ def get_events(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
                           poll_seconds=settings.EVENTS_POLL_SECONDS)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
+
+
+def _pair(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise TesseraError(ErrorCode.invalid_request,
+                           f"metadata filter {item!r} must look like key=value.")
+    return key, value
