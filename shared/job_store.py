@@ -30,10 +30,12 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class Transition:
-    """A job after a transition attempt; `changed` says whether this call changed its status."""
+    """A job after a transition attempt; `changed` says whether this call changed its status;
+    `superseded` that a claimed stage had already been done (a duplicate message)."""
 
     record: JobRecord
     changed: bool
+    superseded: bool = False
 
 
 class JobNotFound(KeyError):
@@ -159,6 +161,10 @@ class JobStore:
               worker: str) -> Transition:
         """Start (or restart) a stage in worker; ends the job instead when it was canceled, its
         deadline passed before it started, or the stage used up its attempts."""
+        current = self.get(job_id)
+        if stage == "preprocess" and current.times.preprocess_finished_at is not None:
+            # An aged batch job's promoted copy already ran this stage (never unset again).
+            return Transition(current, changed=False, superseded=True)
 
         def start(record: JobRecord) -> JobRecord | None:
             if record.status.terminal:
@@ -245,6 +251,31 @@ class JobStore:
             return _ended(record, JobStatus.canceled, CANCELED, stage)
 
         return self._update(job_id, finish)
+
+    def schedule_aging(self, job_id: str, stage: WorkStage, after_seconds: float) -> None:
+        """Promote a batch job's waiting stage to interactive priority after some time."""
+        self.redis.zadd(f"{self.prefix}:aging",
+                        {f"{job_id}:{stage}": utcnow().timestamp() + after_seconds})
+
+    def take_aged(self, limit: int = 100) -> list[tuple[JobRecord, WorkStage]]:
+        """Batch jobs whose stage has waited long enough and still has not started."""
+        due = cast(list[str], self.redis.zrangebyscore(
+            f"{self.prefix}:aging", 0, utcnow().timestamp(), start=0, num=limit))
+        aged: list[tuple[JobRecord, WorkStage]] = []
+        for entry in due:
+            if not self.redis.zrem(f"{self.prefix}:aging", entry):
+                continue
+            job_id, _, stage = entry.rpartition(":")
+            try:
+                record = self.get(job_id)
+            except (JobNotFound, JobGone):
+                continue
+            waiting = (record.status is JobStatus.queued if stage == "preprocess" else
+                       record.status is JobStatus.preprocessing
+                       and record.times.preprocess_finished_at is not None)
+            if waiting:
+                aged.append((record, cast(WorkStage, stage)))
+        return aged
 
     def expire_overdue(self, limit: int = 100) -> list[JobRecord]:
         """End queued jobs whose deadline passed (whoever removes an entry handles it)."""

@@ -182,6 +182,14 @@ class JobsPublic(BaseModel):
     next_cursor: str | None
 
 
+class QueuePosition(BaseModel):
+    """A waiting job's place: how many messages are ahead and an estimated start."""
+
+    queue: str
+    ahead: int
+    estimated_start_at: datetime | None
+
+
 class JobLinks(BaseModel):
     """Where to find the job, its result and its events."""
 
@@ -206,6 +214,8 @@ class JobPublic(BaseModel):
     deadline_at: datetime | None
     result_expires_at: datetime | None
     retry_of: str | None
+    # For a job waiting in a queue: messages ahead of it and an estimated start.
+    queue: "QueuePosition | None" = None
     links: JobLinks
 
     @classmethod

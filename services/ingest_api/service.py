@@ -13,25 +13,19 @@ from opentelemetry import trace
 from services.ingest_api.config import IngestSettings
 from services.ingest_api.idempotency import IdempotencyKeys, fingerprint
 from shared.auth import Principal
+from shared.dispatch import queue_stage
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
-from shared.queues import (
-    CELERY_PRIORITY,
-    PREPROCESS_QUEUE,
-    PREPROCESS_TASK,
-    inference_queue,
-    priority_lists,
-)
+from shared.queues import PREPROCESS_QUEUE, inference_queue, priority_lists
 from shared.schemas import (
     JobCreate,
     JobRecord,
     JobStatus,
     MediaKind,
     MediaRef,
-    PreprocessTask,
     StageTimes,
 )
 from shared.tracing import current_trace_id
@@ -140,7 +134,7 @@ def _accept(request: JobCreate, checked: list["_CheckedUpload"], model: str,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        enqueue_preprocess(producer, record)
+        queue_stage(producer, jobs, record, "preprocess")
     return record
 
 
@@ -167,7 +161,7 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        enqueue_preprocess(producer, record)
+        queue_stage(producer, jobs, record, "preprocess")
     return record
 
 
@@ -175,12 +169,6 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
 _REQUEST_FIELDS = {"tenant_id", "api_key_id", "model", "prompt", "generation", "media_options",
                    "webhook_url", "webhook_events", "json_schema", "previous_job_id", "metadata",
                    "priority", "retention_seconds"}
-
-
-def enqueue_preprocess(producer: Celery, record: JobRecord) -> None:
-    """Queue a recorded job's first stage at its priority."""
-    producer.send_task(PREPROCESS_TASK, kwargs=PreprocessTask(job_id=record.id).model_dump(),
-                       queue=PREPROCESS_QUEUE, priority=CELERY_PRIORITY[record.priority])
 
 
 def _check_backpressure(jobs: JobStore, model: str, settings: IngestSettings) -> None:

@@ -12,6 +12,7 @@ from shared.errors import ErrorCode, TesseraError
 from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, ReaderDep
 from shared.job_store import JobFilter
 from shared.job_waits import MAX_WAIT_SECONDS, wait_until_finished
+from shared.queue_position import queue_position, waiting_queue
 from shared.schemas import JobPublic, JobResult, JobsPublic, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -40,9 +41,14 @@ def get_job(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
             wait: Annotated[float | None, Query(
                 ge=0, description=f"Long-poll: wait up to this many seconds "
                 f"(at most {MAX_WAIT_SECONDS:g}) for the job to end")] = None) -> JobPublic:
-    """The job object, after waiting for it to end when `wait` is given."""
+    """The job object (with its queue position while it waits), after waiting for it to end
+    when `wait` is given."""
     record = wait_until_finished(jobs, job, wait) if wait else job
-    return JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
+    public = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
+    waiting_in = waiting_queue(record)
+    if waiting_in is not None:
+        public.queue = queue_position(jobs.redis, waiting_in, record.id)
+    return public
 
 
 @router.get("/jobs/{job_id}/result", response_model=JobResult,
