@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     result_gone = "result_gone"
     job_not_cancelable = "job_not_cancelable"
     job_not_retryable = "job_not_retryable"
+    batch_not_found = "batch_not_found"
     # Job failures, written by the worker that failed the job.
     decode_failed = "decode_failed"
     media_limits_exceeded = "media_limits_exceeded"
@@ -70,6 +71,7 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.result_gone: ErrorInfo(
         410, "The job's data was deleted when its retention period ended.", False),
     ErrorCode.job_not_cancelable: ErrorInfo(409, "The job has already ended.", False),
+    ErrorCode.batch_not_found: ErrorInfo(404, "No batch has this id.", False),
     ErrorCode.job_not_retryable: ErrorInfo(
         409, "Only failed, canceled or expired jobs can be retried.", False),
     ErrorCode.decode_failed: ErrorInfo(

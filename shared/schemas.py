@@ -125,6 +125,18 @@ class JobCreate(BaseModel):
     retention_seconds: int | None = Field(default=None, ge=3600, le=90 * 24 * 3600)
 
 
+class BatchLine(JobCreate):
+    """One line of a batch JSONL: a job request, its custom_id and its attached files' names."""
+
+    custom_id: str = Field(min_length=1, max_length=128)
+    files: list[str] = Field(default_factory=list)
+    priority: Priority = "batch"
+
+    def job_create(self) -> JobCreate:
+        """The job request this line stands for."""
+        return JobCreate.model_validate(self.model_dump(exclude={"custom_id", "files"}))
+
+
 class JobError(BaseModel):
     """Why a job failed, in the shared error vocabulary."""
 

@@ -20,6 +20,7 @@ class IngestSettings(BaseServiceSettings):
     MAX_PDF_BYTES: int = Field(default=128 * MIB, ge=1)
     MAX_PROMPT_CHARS: int = Field(default=32_000, ge=1)
     MAX_CONVERSATION_TURNS: int = Field(default=16, ge=1)
+    MAX_BATCH_LINES: int = Field(default=1000, ge=1)
     # Jobs waiting for one model (preprocess and inference queues) before 503 queue_full.
     MAX_QUEUED_JOBS: int = Field(default=10_000, ge=1)
     # How long jobs and results are kept after they end, unless a job asks otherwise.

@@ -2,11 +2,13 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Header, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from pydantic import ConfigDict, Field, HttpUrl, Json
 
+from services.ingest_api.batches import submit_batch
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Upload, retry_job, submit_job
+from shared.batch_store import BatchPublic, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
 from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, SubmitterDep
 from shared.job_waits import preferred_wait, wait_until_finished
@@ -113,4 +115,23 @@ def retry(job: JobDep, principal: SubmitterDep, response: Response, settings: Se
     record = retry_job(original=job, objects=objects, jobs=jobs, producer=producer)
     public = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
     response.headers["Location"] = public.links.self
+    return public
+
+
+@router.post("/batches", status_code=202, response_model=BatchPublic, tags=["batches"],
+             summary="Submit many jobs at once: a JSONL of requests plus their files")
+def create_batch(requests: Annotated[UploadFile, File(
+                     description="JSONL, one request a line: custom_id, prompt, files "
+                     "(names of attached files) and any job option")],
+                 principal: SubmitterDep, settings: SettingsDep, objects: ObjectStoreDep,
+                 jobs: JobStoreDep, producer: ProducerDep, response: Response,
+                 files: Annotated[list[UploadFile] | None, File()] = None) -> BatchPublic:
+    """Validate every line, then create one job per line (batch priority unless a line says)."""
+    batch = submit_batch(lines=requests.file,
+                         files=[Upload(item.filename or f"file-{i}", item.file)
+                                for i, item in enumerate(files or [])],
+                         principal=principal, settings=settings, objects=objects, jobs=jobs,
+                         producer=producer)
+    public = batch_public(batch, BatchStore(jobs).jobs_of(batch), settings.PUBLIC_BASE_URL)
+    response.headers["Location"] = f"{settings.PUBLIC_BASE_URL.rstrip('/')}/v1/batches/{batch.id}"
     return public

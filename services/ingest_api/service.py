@@ -63,6 +63,31 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
                jobs: JobStore, producer: Celery) -> Submission:
     """Validate everything first, then store media, record the job and queue it; a repeated
     Idempotency-Key with the same request returns the job the first request created."""
+    model, checked = validate_request(request, uploads, principal=principal,
+                                      settings=settings, jobs=jobs)
+    if idempotency_key is None:
+        return Submission(accept_job(request, checked, model, principal, settings, objects, jobs,
+                                  producer), replayed=False)
+    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
+    digest = fingerprint(request.model_dump(mode="json"),
+                         [(item.upload.filename, item.sha256) for item in checked])
+    earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
+    if earlier is not None:
+        return Submission(jobs.get(earlier), replayed=True)
+    try:
+        record = accept_job(request, checked, model, principal, settings, objects, jobs, producer)
+    except BaseException:
+        keys.abort(principal.tenant_id, idempotency_key)
+        raise
+    keys.finish(principal.tenant_id, idempotency_key, digest, record.id)
+    return Submission(record, replayed=False)
+
+
+def validate_request(request: JobCreate, uploads: list[Upload], *, principal: Principal,
+                     settings: IngestSettings,
+                     jobs: JobStore) -> tuple[str, list["_CheckedUpload"]]:
+    """Everything that can refuse a request, before anything is stored: the model to use and
+    the uploads, sized, typed by content and hashed."""
     model = request.model or settings.DEFAULT_MODEL
     if model not in settings.served_models:
         raise TesseraError(ErrorCode.unknown_model,
@@ -82,28 +107,12 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
     if len(uploads) > settings.MAX_FILES:
         raise TesseraError(ErrorCode.too_many_files,
                            f"{len(uploads)} files were sent; the limit is {settings.MAX_FILES}.")
-    checked = [_check_upload(upload, settings) for upload in uploads]
-    if idempotency_key is None:
-        return Submission(_accept(request, checked, model, principal, settings, objects, jobs,
-                                  producer), replayed=False)
-    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
-    digest = fingerprint(request.model_dump(mode="json"),
-                         [(item.upload.filename, item.sha256) for item in checked])
-    earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
-    if earlier is not None:
-        return Submission(jobs.get(earlier), replayed=True)
-    try:
-        record = _accept(request, checked, model, principal, settings, objects, jobs, producer)
-    except BaseException:
-        keys.abort(principal.tenant_id, idempotency_key)
-        raise
-    keys.finish(principal.tenant_id, idempotency_key, digest, record.id)
-    return Submission(record, replayed=False)
+    return model, [_check_upload(upload, settings) for upload in uploads]
 
 
-def _accept(request: JobCreate, checked: list["_CheckedUpload"], model: str,
-            principal: Principal, settings: IngestSettings, objects: ObjectStore,
-            jobs: JobStore, producer: Celery) -> JobRecord:
+def accept_job(request: JobCreate, checked: list["_CheckedUpload"], model: str,
+               principal: Principal, settings: IngestSettings, objects: ObjectStore,
+               jobs: JobStore, producer: Celery) -> JobRecord:
     """Store the media, record the job and queue it."""
     _check_backpressure(jobs, model, settings)
     job_id = f"job_{uuid.uuid4().hex}"

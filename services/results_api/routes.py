@@ -3,11 +3,12 @@
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from services.results_api.deps import SettingsDep
-from services.results_api.service import event_stream, finished_result
+from services.results_api.service import batch_result_lines, event_stream, finished_result
+from shared.batch_store import BatchPublic, BatchRecord, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
 from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, ReaderDep
 from shared.job_store import JobFilter
@@ -82,3 +83,32 @@ def _pair(item: str) -> tuple[str, str]:
         raise TesseraError(ErrorCode.invalid_request,
                            f"metadata filter {item!r} must look like key=value.")
     return key, value
+
+
+def valid_batch(batch_id: str, jobs: JobStoreDep, principal: ReaderDep) -> BatchRecord:
+    """The caller's batch in the path, or 404 (also for other tenants' batches)."""
+    batch = BatchStore(jobs).get(batch_id)
+    if batch is None or batch.tenant_id != principal.tenant_id:
+        raise TesseraError(ErrorCode.batch_not_found, f"No batch has the id {batch_id!r}.")
+    return batch
+
+
+BatchDep = Annotated[BatchRecord, Depends(valid_batch)]
+
+
+@router.get("/batches/{batch_id}", response_model=BatchPublic, tags=["batches"],
+            summary="A batch's counters: how many of its jobs are in each state")
+def get_batch(batch: BatchDep, jobs: JobStoreDep, settings: SettingsDep) -> BatchPublic:
+    """The batch with its counters."""
+    return batch_public(batch, BatchStore(jobs).jobs_of(batch), settings.PUBLIC_BASE_URL)
+
+
+@router.get("/batches/{batch_id}/results", tags=["batches"], response_class=StreamingResponse,
+            summary="JSONL of the batch's finished jobs, keyed by custom_id (partial while "
+            "the batch runs)")
+def get_batch_results(batch: BatchDep, jobs: JobStoreDep,
+                      objects: ObjectStoreDep) -> StreamingResponse:
+    """One line per finished job: custom_id, job_id, status, and result or error."""
+    items = BatchStore(jobs).jobs_of(batch)
+    return StreamingResponse(batch_result_lines(items, objects),
+                             media_type="application/x-ndjson")

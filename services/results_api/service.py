@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterator
 
+from shared.batch_store import BatchItem
 from shared.errors import ErrorCode, TesseraError
 from shared.job_store import JobStore
 from shared.object_store import ObjectStore
@@ -37,3 +38,21 @@ def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
             if fields["type"] == "status" and JobStatus(
                     json.loads(fields["data"])["status"]).terminal:
                 return
+
+
+def batch_result_lines(items: list[tuple[BatchItem, JobRecord | None]],
+                       objects: ObjectStore) -> Iterator[str]:
+    """JSONL lines for the finished jobs of a batch, read one result at a time."""
+    for item, record in items:
+        if record is None:
+            line: dict[str, object] = {"custom_id": item.custom_id, "job_id": item.job_id,
+                                       "status": "purged"}
+        elif not record.status.terminal:
+            continue
+        else:
+            result = (objects.get_model(record.result_key, JobResult).model_dump(mode="json")
+                      if record.result_key else None)
+            line = {"custom_id": item.custom_id, "job_id": record.id,
+                    "status": record.status.value, "result": result,
+                    "error": record.error.model_dump(mode="json") if record.error else None}
+        yield json.dumps(line) + "\n"
