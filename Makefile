@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install model demo run test lint typecheck clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[api,preprocess,inference,webhook,dev]"
+	$(BIN)/pip install --quiet -e ./client
 	touch $@
 
 install: $(STAMP)
@@ -28,7 +29,7 @@ test: model
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared services scripts tests
+	$(BIN)/mypy shared services scripts benchmarks client tests
 
 clean:
 	rm -rf $(VENV) .local .models

@@ -1,8 +1,10 @@
 """The ingest API app (`uvicorn services.ingest_api.main:app`)."""
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest_api.config import get_settings
 from services.ingest_api.routes import router
@@ -31,6 +33,14 @@ def create_app() -> FastAPI:
                 f"{settings.MAX_REQUEST_BYTES // 2**20} MiB. Send fewer or smaller files."))
         return await call_next(request)
 
+    # The web page is served by the results API (PUBLIC_BASE_URL) and posts jobs here. Added
+    # last, so it is the outermost middleware and error answers carry CORS headers too.
+    public = urlsplit(settings.PUBLIC_BASE_URL)
+    app.add_middleware(
+        CORSMiddleware, allow_origins=[f"{public.scheme}://{public.netloc}"],
+        allow_methods=["POST"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
+        expose_headers=["Location"], max_age=600)
     return app
 
 
