@@ -55,9 +55,10 @@ def describe(outcome: dict[str, object]) -> str:
 def main() -> int:
     """Run the demo; exit status 1 when a job did not succeed."""
     with LocalStack() as stack:
-        print(f"ingest API  {stack.ingest_url}\nresults API {stack.results_url}\n"
-              f"redis       {stack.redis_url}\nS3          {stack.s3_endpoint}\n"
-              f"model       {stack.model_path}\n")
+        print(f"ingest API  {stack.ingest_url}\nresults API {stack.results_url} "
+              f"(web page at /ui)\nredis       {stack.redis_url}\nS3          "
+              f"{stack.s3_endpoint}\nmodel       {stack.model_path}\nAPI key     "
+              f"{stack.api_key}\n")
         outcomes = [
             run_job(stack, "landscape.jpg", sample_jpeg(), "Describe this picture."),
             run_job(stack, "clip.mp4", sample_mp4(), "What happens in this video?",

@@ -26,6 +26,12 @@ class ErrorCode(StrEnum):
     job_not_cancelable = "job_not_cancelable"
     job_not_retryable = "job_not_retryable"
     batch_not_found = "batch_not_found"
+    webhook_event_not_found = "webhook_event_not_found"
+    url_not_allowed = "url_not_allowed"
+    url_fetch_failed = "url_fetch_failed"
+    upload_not_found = "upload_not_found"
+    upload_not_ready = "upload_not_ready"
+    upload_verification_failed = "upload_verification_failed"
     # Job failures, written by the worker that failed the job.
     decode_failed = "decode_failed"
     media_limits_exceeded = "media_limits_exceeded"
@@ -72,6 +78,16 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
         410, "The job's data was deleted when its retention period ended.", False),
     ErrorCode.job_not_cancelable: ErrorInfo(409, "The job has already ended.", False),
     ErrorCode.batch_not_found: ErrorInfo(404, "No batch has this id.", False),
+    ErrorCode.url_not_allowed: ErrorInfo(
+        422, "The URL is not allowed: use https to a public address.", False),
+    ErrorCode.url_fetch_failed: ErrorInfo(422, "The URL could not be fetched.", True),
+    ErrorCode.upload_not_found: ErrorInfo(404, "No upload has this id.", False),
+    ErrorCode.upload_not_ready: ErrorInfo(
+        409, "The upload is not ready: complete it and wait for its probe.", True),
+    ErrorCode.upload_verification_failed: ErrorInfo(
+        422, "The uploaded object does not match the declared size or sha256.", False),
+    ErrorCode.webhook_event_not_found: ErrorInfo(404, "The job has no webhook event with this id.",
+                                                 False),
     ErrorCode.job_not_retryable: ErrorInfo(
         409, "Only failed, canceled or expired jobs can be retried.", False),
     ErrorCode.decode_failed: ErrorInfo(

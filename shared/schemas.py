@@ -32,7 +32,6 @@ _TERMINAL = frozenset(
 
 MediaKind = Literal["image", "video", "pdf"]
 Stage = Literal["ingest", "preprocess", "inference", "webhook"]
-EventType = Literal["job.succeeded", "job.failed", "job.canceled", "job.expired"]
 # Which events a job's webhook receives besides the terminal one, which is always sent.
 WebhookEventFilter = Literal["started", "progress", "output"]
 
@@ -113,6 +112,10 @@ class JobCreate(BaseModel):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     media_options: MediaOptions = Field(default_factory=MediaOptions)
     webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
+    # Inputs besides uploaded files, after them in prompt order: completed direct uploads,
+    # then URLs the service fetches.
+    upload_ids: list[str] = Field(default_factory=list)
+    media_urls: list[HttpUrl] = Field(default_factory=list)
     # Ask for JSON matching this schema (guided decoding where the engine has it).
     json_schema: dict[str, Any] | None = None
     # Continue that job's conversation: its prompt, media and answer become the history.
@@ -259,14 +262,6 @@ class InferenceTask(BaseModel):
     schema_version: Literal[1] = 1
     job_id: str
     manifest_key: str
-
-
-class WebhookTask(BaseModel):
-    """Queue payload asking the webhook worker to deliver one event about a job."""
-
-    schema_version: Literal[1] = 1
-    job_id: str
-    event_type: EventType
 
 
 class ImageTiling(BaseModel):

@@ -1,8 +1,9 @@
 """Settings mixins every service composes into its own settings class (env vars, UPPER_CASE)."""
 
+from ipaddress import IPv4Network, IPv6Network
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, IPvAnyNetwork, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Placeholder secrets are fine on a laptop and refused anywhere else.
@@ -71,3 +72,29 @@ class WebhookSigningSettings(BaseServiceSettings):
 
     def _secrets(self) -> dict[str, str]:
         return {**super()._secrets(), "WEBHOOK_SECRET": self.WEBHOOK_SECRET.get_secret_value()}
+
+
+class WebhookTargetSettings(BaseServiceSettings):
+    """Which webhook URLs may be called: checked at submission and again at every delivery."""
+
+    # Non-public networks webhooks may reach; unset: loopback when TESSERA_ENV=local, else none.
+    WEBHOOK_ALLOWED_NETWORKS: list[IPvAnyNetwork] | None = None
+    # Plain http:// targets; unset: allowed only when TESSERA_ENV=local.
+    WEBHOOK_ALLOW_HTTP: bool | None = None
+
+    @property
+    def allowed_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The non-public networks deliveries may connect to."""
+        if self.WEBHOOK_ALLOWED_NETWORKS is not None:
+            return tuple(self.WEBHOOK_ALLOWED_NETWORKS)
+        return LOOPBACK if self.TESSERA_ENV == "local" else ()
+
+    @property
+    def allow_http(self) -> bool:
+        """True when http:// webhook URLs are delivered to."""
+        if self.WEBHOOK_ALLOW_HTTP is not None:
+            return self.WEBHOOK_ALLOW_HTTP
+        return self.TESSERA_ENV == "local"
+
+
+LOOPBACK = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))

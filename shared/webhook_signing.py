@@ -12,18 +12,20 @@ def _key(secret: str) -> bytes:
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
-    """The `webhook-signature` header value (`v1,<base64 signature>`) for one message."""
+    """One `v1,<base64 signature>` of a message."""
     signed = f"{message_id}.{timestamp}.".encode() + body
     digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signature_headers(secret: str, message_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three Standard Webhooks headers for one message."""
+def signature_headers(secrets: list[str], message_id: str, timestamp: int,
+                      body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers, one signature per secret (rotation overlap)."""
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(sign(secret, message_id, timestamp, body)
+                                      for secret in secrets),
     }
 
 

@@ -16,11 +16,13 @@ from celery.signals import (
 )
 
 from shared.celery_factory import create_celery_app
+from shared.dispatch import send_stage
 from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobNotFound, JobStore, WorkStage
 from shared.leases import LeaseBook, StageTask, this_worker
 from shared.object_store import JobKeys, ObjectStore
-from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
+from shared.queue_position import record_start
+from shared.queues import CELERY_PRIORITY, WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.schemas import JobRecord
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing, shutdown_tracing
@@ -89,6 +91,10 @@ class WorkerClients:
                     self.celery.send_task(task.name, kwargs=task.kwargs, queue=task.queue)
                 for record in self.jobs.expire_overdue():
                     self.notify_if_terminal(record)
+                for record, stage in self.jobs.take_aged():
+                    # The low-priority message stays queued; whichever copy comes first runs.
+                    log.info("promoting batch job %s (%s) after waiting", record.id, stage)
+                    send_stage(self.celery, record, stage, priority=CELERY_PRIORITY["interactive"])
                 for record in self.jobs.take_expired_retention():
                     self.objects.delete_prefix(JobKeys(record.id).prefix)
             except Exception:  # a Redis hiccup must not end the heartbeat
@@ -118,6 +124,7 @@ def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
     # removed when the stage's next run ends (LREM drops every copy).
     inflight = inflight_key(task.queue)
     clients.jobs.redis.rpush(inflight, lease)
+    record_start(clients.jobs.redis, task.queue)
     try:
         _run_claimed(clients, job_id, stage, worker, work)
     finally:
@@ -140,6 +147,9 @@ def _run_claimed(clients: WorkerClients, job_id: str, stage: WorkStage, worker: 
     except JobNotFound:
         log.warning("job %s no longer exists (retention expired?); dropping its %s task",
                     job_id, stage)
+        return
+    if claim.superseded:
+        log.info("job %s: %s was already done; dropping this copy", job_id, stage)
         return
     if claim.record.status.terminal:
         clients.notify_if_terminal(claim.record)

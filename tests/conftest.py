@@ -89,6 +89,8 @@ def stack(settings: BaseServiceSettings, tiny_model_dir: Path,
         key_prefix=settings.KEY_PREFIX,
         extra_env={"WEBHOOK_BACKOFF_BASE_SECONDS": "0.2", "WEBHOOK_BACKOFF_MAX_SECONDS": "1",
                    "LEASE_SECONDS": "3",
+                   # Media URLs in tests are served from this machine.
+                   "URL_FETCH_ALLOWED_NETWORKS": "127.0.0.0/8", "URL_FETCH_ALLOW_HTTP": "true",
                    "MAX_IMAGE_BYTES": str(TEST_MAX_IMAGE_BYTES)})
     with local:
         yield local

@@ -17,7 +17,15 @@ def infer(**payload: object) -> None:
 
     def work(record: JobRecord) -> JobRecord:
         manifest = clients.objects.get_model(task.manifest_key, PreparedJob)
-        partial = PartialOutput(lambda delta: clients.jobs.append_output(record.id, delta))
+
+        def flushed(delta: str) -> None:
+            clients.jobs.append_output(record.id, delta)
+            clients.notify(record, "job.output", {"delta": delta})
+            clients.notify(record, "job.progress", {
+                "stage": "inference", "done": partial.received,
+                "total": record.generation.max_new_tokens})
+
+        partial = PartialOutput(flushed)
         result = answer_job(record=record, manifest=manifest, objects=clients.objects,
                             jobs=clients.jobs, engine=process_engine(), on_text=partial)
         # A fixed key: a redelivered task overwrites the same single result object.

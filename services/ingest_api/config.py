@@ -4,13 +4,14 @@ from functools import lru_cache
 
 from pydantic import Field
 
+from services.ingest_api.media_source_settings import MediaSourceSettings
 from shared.schemas import MediaKind
-from shared.settings import BaseServiceSettings
+from shared.settings import WebhookTargetSettings
 
 MIB = 1024 * 1024
 
 
-class IngestSettings(BaseServiceSettings):
+class IngestSettings(MediaSourceSettings, WebhookTargetSettings):
     """Settings of the ingest API."""
 
     OTEL_SERVICE_NAME: str = "ingest-api"

@@ -8,6 +8,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest_api.config import get_settings
 from services.ingest_api.routes import router
+from services.ingest_api.upload_routes import get_media_source_settings
+from services.ingest_api.upload_routes import router as upload_router
 from shared.celery_factory import create_celery_app
 from shared.errors import ErrorCode, TesseraError
 from shared.http_api import create_api, problem
@@ -20,6 +22,8 @@ def create_app() -> FastAPI:
                      description="Submit images, videos and PDFs with a prompt to InternVL.")
     app.state.producer = create_celery_app("ingest_api", settings)
     app.include_router(router)
+    app.include_router(upload_router)
+    app.dependency_overrides[get_media_source_settings] = get_settings
 
     @app.middleware("http")
     async def refuse_oversized_bodies(

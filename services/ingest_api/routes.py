@@ -31,6 +31,10 @@ class JobForm(GenerationParams, MediaOptions):
 
     files: list[UploadFile] = Field(default_factory=list,
                                     description="Images, videos or PDFs, in prompt order")
+    upload_ids: list[str] = Field(
+        default_factory=list, description="Completed direct uploads (after the files)")
+    media_urls: list[HttpUrl] = Field(
+        default_factory=list, description="https URLs the service fetches (after uploads)")
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
@@ -55,6 +59,7 @@ class JobForm(GenerationParams, MediaOptions):
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
             webhook_events=self.webhook_events, json_schema=self.json_schema,
+            upload_ids=self.upload_ids, media_urls=self.media_urls,
             previous_job_id=self.previous_job_id, metadata=self.metadata or {},
             priority=self.priority, queue_ttl_seconds=self.queue_ttl_seconds,
             retention_seconds=self.retention_seconds,

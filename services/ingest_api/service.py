@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -12,6 +13,8 @@ from opentelemetry import trace
 
 from services.ingest_api.config import IngestSettings
 from services.ingest_api.idempotency import IdempotencyKeys, fingerprint
+from services.ingest_api.remote_media import media_ref_from_url
+from services.ingest_api.uploads import media_ref_from_upload
 from shared.auth import Principal
 from shared.dispatch import queue_stage
 from shared.errors import ErrorCode, TesseraError
@@ -28,7 +31,10 @@ from shared.schemas import (
     MediaRef,
     StageTimes,
 )
+from shared.ssrf import check_public_url
 from shared.tracing import current_trace_id
+from shared.upload_store import UploadStore
+from shared.webhook_events import retry_horizon_seconds
 
 tracer = trace.get_tracer(__name__)
 
@@ -102,11 +108,16 @@ def validate_request(request: JobCreate, uploads: list[Upload], *, principal: Pr
     if request.previous_job_id is not None:
         check_conversation(jobs, request.previous_job_id, principal.tenant_id,
                            settings.MAX_CONVERSATION_TURNS)
-    if not uploads and request.previous_job_id is None:
-        raise TesseraError(ErrorCode.invalid_request, "Attach at least one file as `files`.")
-    if len(uploads) > settings.MAX_FILES:
+    inputs = len(uploads) + len(request.upload_ids) + len(request.media_urls)
+    if not inputs and request.previous_job_id is None:
+        raise TesseraError(ErrorCode.invalid_request,
+                           "Send at least one input: `files`, `upload_ids` or `media_urls`.")
+    if inputs > settings.MAX_FILES:
         raise TesseraError(ErrorCode.too_many_files,
-                           f"{len(uploads)} files were sent; the limit is {settings.MAX_FILES}.")
+                           f"{inputs} inputs were sent; the limit is {settings.MAX_FILES}.")
+    if request.webhook_url is not None:
+        check_public_url(str(request.webhook_url), allow_http=settings.allow_http,
+                         allowed_networks=settings.allowed_networks)
     return model, [_check_upload(upload, settings) for upload in uploads]
 
 
@@ -118,12 +129,15 @@ def accept_job(request: JobCreate, checked: list["_CheckedUpload"], model: str,
     job_id = f"job_{uuid.uuid4().hex}"
     with tracer.start_as_current_span("job.submit", attributes={"job.id": job_id}):
         keys = JobKeys(job_id)
-        media = []
+        # Uploads and URLs first: a failed fetch must leave nothing stored.
+        media = _remote_media(request, job_id, tenant_id=principal.tenant_id,
+                              first_index=len(checked), settings=settings, objects=objects,
+                              jobs=jobs)
         for index, item in enumerate(checked):
             key = keys.media(index)
             item.upload.file.seek(0)
             objects.put_file(key, item.upload.file, item.size, item.mime)
-            media.append(MediaRef(index=index, kind=item.kind, key=key,
+            media.insert(index, MediaRef(index=index, kind=item.kind, key=key,
                                   filename=item.upload.filename, content_type=item.mime,
                                   size_bytes=item.size, sha256=item.sha256))
         now = utcnow()
@@ -138,8 +152,7 @@ def accept_job(request: JobCreate, checked: list["_CheckedUpload"], model: str,
                            metadata=request.metadata, priority=request.priority,
                            deadline_at=(now + timedelta(seconds=request.queue_ttl_seconds)
                                         if request.queue_ttl_seconds else None),
-                           retention_seconds=request.retention_seconds
-                           or settings.RETENTION_SECONDS,
+                           retention_seconds=_retention(request, settings),
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
@@ -178,6 +191,30 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
 _REQUEST_FIELDS = {"tenant_id", "api_key_id", "model", "prompt", "generation", "media_options",
                    "webhook_url", "webhook_events", "json_schema", "previous_job_id", "metadata",
                    "priority", "retention_seconds"}
+
+
+def _remote_media(request: JobCreate, job_id: str, *, tenant_id: str, first_index: int,
+                  settings: IngestSettings, objects: ObjectStore,
+                  jobs: JobStore) -> list[MediaRef]:
+    """The job's completed direct uploads, then its URLs (fetched now), as its next inputs."""
+    uploads = UploadStore(jobs.redis, settings.KEY_PREFIX)
+    refs = [media_ref_from_upload(upload_id=upload_id, tenant_id=tenant_id, job_id=job_id,
+                                  index=first_index + i, uploads=uploads, objects=objects)
+            for i, upload_id in enumerate(request.upload_ids)]
+    offset = first_index + len(refs)
+    refs += [media_ref_from_url(url=str(url), job_id=job_id, index=offset + i, objects=objects,
+                                settings=settings, max_bytes=settings.max_bytes)
+             for i, url in enumerate(request.media_urls)]
+    return refs
+
+
+def _retention(request: JobCreate, settings: IngestSettings) -> int:
+    """How long the job is kept after it ends: as asked, but never shorter than its webhook's
+    last retry, which links to the result."""
+    asked = request.retention_seconds or settings.RETENTION_SECONDS
+    if request.webhook_url is None:
+        return asked
+    return max(asked, math.ceil(retry_horizon_seconds()))
 
 
 def _check_backpressure(jobs: JobStore, model: str, settings: IngestSettings) -> None:
@@ -221,6 +258,7 @@ def check_conversation(jobs: JobStore, previous_job_id: str, tenant_id: str,
 
 def _check_upload(upload: Upload, settings: IngestSettings) -> _CheckedUpload:
     """Size and hash one file; its real type comes from its bytes, not its name."""
+    upload.file.seek(0)  # a batch may name one attached file in several lines
     media_type = sniff_media_type(upload.file.read(SNIFF_BYTES))
     if media_type is None:
         raise TesseraError(ErrorCode.unsupported_media,

@@ -3,11 +3,13 @@
 from services.preprocess_worker.celery_app import app
 from services.preprocess_worker.config import get_settings
 from services.preprocess_worker.prepare import prepare_job
+from services.preprocess_worker.probe import probe_upload
+from shared.dispatch import queue_stage
 from shared.errors import JobCanceled
 from shared.leases import StageTask
-from shared.object_store import JobKeys
-from shared.queues import INFERENCE_TASK, PREPROCESS_QUEUE, PREPROCESS_TASK, inference_queue
-from shared.schemas import InferenceTask, JobRecord, PreprocessTask
+from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
+from shared.schemas import JobRecord, PreprocessTask
+from shared.upload_store import PROBE_UPLOAD_TASK, ProbeUploadTask, UploadStore
 from shared.worker_runtime import process_clients, run_stage
 
 
@@ -27,10 +29,17 @@ def preprocess(**payload: object) -> None:
         clients.jobs.finish_preprocess(record.id)
         clients.notify(record, "job.progress", {
             "stage": "preprocess", "done": len(record.media), "total": len(record.media)})
-        next_task = InferenceTask(job_id=record.id,
-                                  manifest_key=JobKeys(record.id).prepared_manifest())
-        clients.celery.send_task(INFERENCE_TASK, kwargs=next_task.model_dump(),
-                                 queue=inference_queue(record.model))
+        queue_stage(clients.celery, clients.jobs, record, "inference")
 
     run_stage(clients, StageTask(PREPROCESS_TASK, PREPROCESS_QUEUE, task.model_dump()),
               "preprocess", work)
+
+
+@app.task(name=PROBE_UPLOAD_TASK)
+def probe(**payload: object) -> None:
+    """Read a verified upload's headers and mark it ready (with its probe) or failed."""
+    task = ProbeUploadTask.model_validate(payload)
+    clients, settings = process_clients(), get_settings()
+    probe_upload(upload_id=task.upload_id,
+                 uploads=UploadStore(clients.jobs.redis, settings.KEY_PREFIX),
+                 objects=clients.objects, settings=settings)

@@ -1,66 +1,55 @@
-"""Celery task of the webhook worker: deliver one job event, retrying with backoff."""
+"""Celery task of the webhook worker (one attempt per message), and the loop that queues
+retries when they fall due."""
 
 import logging
+import threading
+import time
 from functools import cache
-
-import httpx
-from celery import Task
 
 from services.webhook_worker.celery_app import app
 from services.webhook_worker.config import get_settings
-from services.webhook_worker.delivery import (
-    RESULT_URL_TTL,
-    DeliveryLedger,
-    backoff_seconds,
-    build_payload,
-    event_id,
-    post_signed,
-)
-from shared.queues import WEBHOOK_TASK
-from shared.schemas import JobResult, WebhookTask
+from services.webhook_worker.delivery import WebhookSender
+from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
+from shared.ssrf import public_client
+from shared.webhook_events import WebhookDelivery
 from shared.worker_runtime import process_clients
 
 log = logging.getLogger(__name__)
 
 
 @cache
-def _http() -> httpx.Client:
-    # One pooled client per process, created lazily after fork.
-    return httpx.Client()
-
-
-@app.task(name=WEBHOOK_TASK, bind=True, max_retries=None)
-def deliver_webhook(self: Task, **payload: object) -> None:
-    """Send one signed event to the job's webhook URL, at most once successfully."""
-    task = WebhookTask.model_validate(payload)
+def _sender() -> WebhookSender:
+    # One sender (and pooled HTTP client) per process, created lazily after fork.
     settings, clients = get_settings(), process_clients()
-    ledger = DeliveryLedger(clients.jobs.redis, settings.KEY_PREFIX)
-    message_id = event_id(task.job_id, task.event_type)
-    if ledger.delivered(message_id):
-        return
-    if not ledger.try_lock(message_id, settings.WEBHOOK_TIMEOUT_SECONDS + 5):
-        raise self.retry(countdown=settings.WEBHOOK_TIMEOUT_SECONDS)  # another send in flight
-    record = clients.jobs.get(task.job_id)
-    assert record.webhook_url is not None
-    result, result_url = None, None
-    if record.result_key is not None:
-        raw = clients.objects.get_bytes(record.result_key)
-        if len(raw) <= settings.WEBHOOK_INLINE_RESULT_BYTES:
-            result = JobResult.model_validate_json(raw)
-        else:
-            result_url = clients.objects.presigned_get_url(record.result_key, RESULT_URL_TTL)
-    body = build_payload(record=record, event_type=task.event_type, result=result,
-                         result_url=result_url, base_url=settings.PUBLIC_BASE_URL)
-    attempt = post_signed(_http(), str(record.webhook_url), message_id=message_id, body=body,
-                          secret=settings.WEBHOOK_SECRET.get_secret_value(),
-                          timeout=settings.WEBHOOK_TIMEOUT_SECONDS)
-    ledger.record(task.job_id, attempt)
-    if attempt.delivered or attempt.give_up:
-        return
-    if self.request.retries + 1 >= settings.WEBHOOK_MAX_ATTEMPTS:
-        log.warning("webhook %s undeliverable after %d attempts", message_id,
-                    self.request.retries + 1)
-        return
-    raise self.retry(countdown=backoff_seconds(
-        self.request.retries, base=settings.WEBHOOK_BACKOFF_BASE_SECONDS,
-        cap=settings.WEBHOOK_BACKOFF_MAX_SECONDS, retry_after=attempt.retry_after_seconds))
+    http = public_client(allow_http=settings.allow_http,
+                         allowed_networks=settings.allowed_networks, follow_redirects=False,
+                         timeout=settings.WEBHOOK_TIMEOUT_SECONDS)
+    return WebhookSender(settings=settings, jobs=clients.jobs, objects=clients.objects, http=http)
+
+
+@app.task(name=WEBHOOK_TASK)
+def deliver_webhook(**payload: object) -> None:
+    """Make one attempt at sending a job event; a failure schedules the next attempt."""
+    _sender().send(WebhookDelivery.model_validate(payload))
+
+
+def queue_due_deliveries() -> None:
+    """Forever: move retries (and redeliveries) whose time has come onto the webhook queue.
+
+    Retries wait in a Redis sorted set rather than as Celery countdowns: a countdown task sits
+    unacknowledged in a worker for hours, and Redis redelivers it after the visibility timeout.
+    """
+    outbox = _sender().outbox
+    period = get_settings().WEBHOOK_SCHEDULE_POLL_SECONDS
+    while True:
+        try:
+            for delivery in outbox.take_due(time.time()):
+                deliver_webhook.apply_async(kwargs=delivery.model_dump(), queue=WEBHOOK_QUEUE)
+        except Exception:  # a Redis hiccup must not end the loop
+            log.exception("webhook schedule poll failed; retrying")
+        threading.Event().wait(period)
+
+
+def start_schedule_loop() -> None:
+    """Run queue_due_deliveries in a daemon thread of this worker process."""
+    threading.Thread(target=queue_due_deliveries, name="webhook-schedule", daemon=True).start()

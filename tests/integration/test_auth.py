@@ -1,8 +1,10 @@
 """Who may do what: API keys, scopes, tenants and rate limits, over HTTP."""
 
 import httpx
+import pytest
 import redis
 
+from scripts import api_keys
 from scripts.localstack import LocalStack
 from scripts.sample_media import sample_jpeg
 from shared.auth import ApiKeyStore, Scope
@@ -61,3 +63,17 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(
     limited = httpx.get(url, headers=headers)
     assert limited.json()["code"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
+
+
+def test_the_api_keys_command_makes_a_working_key_and_revokes_it(
+        stack: LocalStack, settings: BaseServiceSettings, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("REDIS_URL", settings.REDIS_URL)
+    monkeypatch.setenv("KEY_PREFIX", settings.KEY_PREFIX)
+    assert api_keys.main(["create", "--tenant", "cli", "--scopes", "read"]) == 0
+    first_line, token = capsys.readouterr().out.strip().splitlines()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{stack.results_url}/v1/jobs", headers=headers).status_code == 200
+    key_id = first_line.split()[2].rstrip(",")
+    assert api_keys.main(["revoke", key_id]) == 0
+    assert httpx.get(f"{stack.results_url}/v1/jobs", headers=headers).status_code == 401

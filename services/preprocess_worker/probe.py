@@ -1,0 +1,97 @@
+"""Probing a verified direct upload: dimensions, duration or pages from headers, nothing decoded."""
+
+import io
+from fractions import Fraction
+
+import av
+import pypdfium2 as pdfium
+
+from services.preprocess_worker.config import PreprocessSettings
+from services.preprocess_worker.decode import open_image, upright_size
+from shared.errors import ErrorCode, TesseraError
+from shared.object_store import ObjectStore
+from shared.schemas import MediaKind
+from shared.upload_store import MediaProbe, UploadError, UploadRecord, UploadStatus, UploadStore
+
+
+def probe_upload(*, upload_id: str, uploads: UploadStore, objects: ObjectStore,
+                 settings: PreprocessSettings) -> UploadRecord:
+    """Probe an upload that is `probing` and mark it `ready` or `failed` (redeliveries no-op)."""
+    record = uploads.get(upload_id)
+    if record.status is not UploadStatus.probing or record.kind is None \
+            or record.content_type is None:
+        return record
+    try:
+        probe = probe_media(objects.get_bytes(record.key), record.kind, record.content_type,
+                            settings=settings)
+    except TesseraError as error:
+        failure = UploadError(code=error.code, message=error.message)
+
+        def failed(current: UploadRecord) -> UploadRecord | None:
+            if current.status is not UploadStatus.probing:
+                return None
+            current.status, current.error = UploadStatus.failed, failure
+            return current
+
+        return uploads.update(upload_id, failed)
+
+    def ready(current: UploadRecord) -> UploadRecord | None:
+        if current.status is not UploadStatus.probing:
+            return None
+        current.status, current.probe = UploadStatus.ready, probe
+        return current
+
+    return uploads.update(upload_id, ready)
+
+
+def probe_media(data: bytes, kind: MediaKind, content_type: str, *,
+                settings: PreprocessSettings) -> MediaProbe:
+    """What the headers of an image, video or PDF say; limits are checked as in preprocessing."""
+    if kind == "image":
+        image = open_image(data, max_pixels=settings.MAX_IMAGE_PIXELS,
+                           max_aspect=settings.MAX_ASPECT_RATIO)
+        width, height = upright_size(image)
+        return MediaProbe(kind=kind, content_type=content_type, width=width, height=height)
+    if kind == "pdf":
+        return MediaProbe(kind=kind, content_type=content_type, pages=_pdf_pages(data))
+    return _probe_video(data, content_type)
+
+
+def _pdf_pages(data: bytes) -> int:
+    try:
+        pdf = pdfium.PdfDocument(data)
+    except pdfium.PdfiumError as exc:
+        raise TesseraError(ErrorCode.decode_failed,
+                           "The file is not a readable PDF, or it is password-protected: "
+                           "re-export it (without a password) and upload it again.") from exc
+    try:
+        return len(pdf)
+    finally:
+        pdf.close()
+
+
+def _probe_video(data: bytes, content_type: str) -> MediaProbe:
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            streams = [stream for stream in container.streams.video
+                       if not stream.disposition & av.stream.Disposition.attached_pic]
+            if not streams:
+                raise TesseraError(ErrorCode.unsupported_media,
+                                   "The file has no video stream (is it audio only?): send a "
+                                   "video file.")
+            stream = streams[0]
+            duration = None
+            if stream.duration and stream.time_base is not None:
+                duration = float(stream.duration * stream.time_base)
+            elif container.duration:
+                duration = container.duration / av.time_base
+            rate: Fraction | None = stream.average_rate
+            return MediaProbe(kind="video", content_type=content_type,
+                              width=stream.codec_context.width,
+                              height=stream.codec_context.height, duration_seconds=duration,
+                              frame_rate=float(rate) if rate else None)
+    except av.FFmpegError as exc:
+        raise TesseraError(ErrorCode.decode_failed,
+                           "The video's container could not be read; it may be truncated or "
+                           "damaged: re-encode it (H.264 in MP4 works everywhere) and upload "
+                           "it again.") from exc

@@ -1,0 +1,212 @@
+"""Webhook events: their types, the per-job outbox (filter, sequence, stored events) and the
+schedule of due deliveries that the webhook worker polls."""
+
+import json
+from datetime import datetime
+from typing import Any, Literal, cast
+
+import redis
+from pydantic import BaseModel, Field
+
+from shared.job_store import utcnow
+from shared.schemas import JobRecord, JobStatus, WebhookEventFilter
+
+WebhookEventType = Literal["job.started", "job.progress", "job.output", "job.succeeded",
+                           "job.failed", "job.canceled", "job.expired"]
+
+TERMINAL_EVENTS: dict[JobStatus, WebhookEventType] = {
+    JobStatus.succeeded: "job.succeeded",
+    JobStatus.failed: "job.failed",
+    JobStatus.canceled: "job.canceled",
+    JobStatus.expired: "job.expired",
+}
+_FILTERS: dict[WebhookEventType, WebhookEventFilter] = {
+    "job.started": "started", "job.progress": "progress", "job.output": "output"}
+# Events a job has at most once keep a stable id, so a redelivered task re-queues the same one.
+_ONCE: frozenset[WebhookEventType] = frozenset({"job.started", *TERMINAL_EVENTS.values()})
+
+# Events, ledger and delivery log outlive the longest retry schedule (see retry_horizon_seconds).
+WEBHOOK_DATA_TTL_SECONDS = 7 * 24 * 3600
+
+# Retry schedule defaults: 12 attempts spread over roughly a day.
+DEFAULT_MAX_ATTEMPTS = 12
+DEFAULT_BACKOFF_BASE_SECONDS = 60.0
+DEFAULT_BACKOFF_MAX_SECONDS = 8 * 3600.0
+DEFAULT_RETRY_AFTER_MAX_SECONDS = 3600.0
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+class WebhookEvent(BaseModel):
+    """One event about a job, stored until its delivery is settled."""
+
+    id: str
+    job_id: str
+    type: WebhookEventType
+    sequence: int
+    created_at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True for the event that reports how the job ended."""
+        return self.type not in _FILTERS
+
+
+class WebhookDelivery(BaseModel):
+    """Queue payload asking the webhook worker to send one stored event (one attempt)."""
+
+    schema_version: Literal[2] = 2
+    job_id: str
+    event_id: str
+    # Attempts already made: this one is attempt + 1.
+    attempt: int = Field(default=0, ge=0)
+    # A redelivery asked for by the client: sent even if delivered before or the URL is disabled.
+    force: bool = False
+
+
+# delivered: 2xx. retrying / failed: another attempt is scheduled / that was the last one.
+# disabled: the receiver answered 410 and its URL is now off. skipped: not sent to a disabled URL.
+Outcome = Literal["delivered", "retrying", "failed", "disabled", "skipped"]
+
+
+class DeliveryAttempt(BaseModel):
+    """One delivery attempt, as kept in the job's delivery log."""
+
+    event_id: str
+    event_type: WebhookEventType
+    number: int
+    at: datetime
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    retry_after_seconds: float | None = None
+    outcome: Outcome = "failed"
+    next_attempt_at: datetime | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """2xx counts as delivered; a redirect is not followed and counts as a failure."""
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def wanted(record: JobRecord, event_type: WebhookEventType) -> bool:
+    """True when the job has a webhook and its filter asks for this event (terminal: always)."""
+    if record.webhook_url is None:
+        return False
+    wanted_filter = _FILTERS.get(event_type)
+    return wanted_filter is None or wanted_filter in record.webhook_events
+
+
+def retry_delays(*, max_attempts: int, base: float, cap: float,
+                 retry_after_cap: float) -> list[float]:
+    """The longest wait before each retry: backoff capped at cap, or a capped Retry-After."""
+    return [max(min(cap, base * 2.0**n), retry_after_cap) for n in range(max_attempts - 1)]
+
+
+def retry_horizon_seconds(*, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                          base: float = DEFAULT_BACKOFF_BASE_SECONDS,
+                          cap: float = DEFAULT_BACKOFF_MAX_SECONDS,
+                          retry_after_cap: float = DEFAULT_RETRY_AFTER_MAX_SECONDS,
+                          timeout: float = DEFAULT_TIMEOUT_SECONDS) -> float:
+    """How long after an event is queued its last retry may run: keep results at least this
+    long after a job ends, or a late retry links to a result that is gone."""
+    waits = retry_delays(max_attempts=max_attempts, base=base, cap=cap,
+                         retry_after_cap=retry_after_cap)
+    return sum(waits) + max_attempts * timeout
+
+
+class WebhookOutbox:
+    """A job's webhook events in Redis, numbered in creation order, and the delivery schedule."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.schedule_key = f"{prefix}:webhook:schedule"
+
+    def _events_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:webhook-events"
+
+    def create(self, record: JobRecord, event_type: WebhookEventType,
+               data: dict[str, Any] | None = None) -> WebhookEvent | None:
+        """Store a new event the job wants (None if it does not); a once-only event that
+        exists already is returned as it was."""
+        if not wanted(record, event_type):
+            return None
+        once_id = (f"evt_{record.id}_{event_type.removeprefix('job.')}"
+                   if event_type in _ONCE else None)
+        if once_id is not None and (existing := self.get(record.id, once_id)) is not None:
+            return existing
+        sequence_key = f"{self.prefix}:job:{record.id}:webhook-sequence"
+        with self.redis.pipeline() as pipe:
+            pipe.incr(sequence_key)
+            pipe.expire(sequence_key, WEBHOOK_DATA_TTL_SECONDS)
+            sequence, _ = pipe.execute()
+        event = WebhookEvent(
+            id=once_id or f"evt_{record.id}_{sequence}",
+            job_id=record.id, type=event_type, sequence=sequence, created_at=utcnow(),
+            data=data or {})
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(self._events_key(record.id), event.id, event.model_dump_json())
+            pipe.expire(self._events_key(record.id), WEBHOOK_DATA_TTL_SECONDS)
+            stored, _ = pipe.execute()
+        # A concurrent copy of a once-only event won the race: its sequence stands.
+        return event if stored else self.get(record.id, event.id)
+
+    def get(self, job_id: str, event_id: str) -> WebhookEvent | None:
+        """One stored event of a job, or None."""
+        raw = cast(str | None, self.redis.hget(self._events_key(job_id), event_id))
+        return None if raw is None else WebhookEvent.model_validate_json(raw)
+
+    def events(self, job_id: str) -> list[WebhookEvent]:
+        """Every stored event of a job, in sequence order."""
+        raw = cast(dict[str, str], self.redis.hgetall(self._events_key(job_id)))
+        events = [WebhookEvent.model_validate_json(item) for item in raw.values()]
+        return sorted(events, key=lambda event: event.sequence)
+
+    def schedule(self, delivery: WebhookDelivery, due_at: float) -> None:
+        """Send delivery once the Unix time due_at has passed (the webhook worker polls)."""
+        self.redis.zadd(self.schedule_key, {delivery.model_dump_json(): due_at})
+
+    def take_due(self, now: float, limit: int = 100) -> list[WebhookDelivery]:
+        """Remove and return deliveries due by now; each goes to exactly one caller."""
+        due = cast(list[str], self.redis.zrangebyscore(self.schedule_key, "-inf", now,
+                                                       start=0, num=limit))
+        # ZREM answers 1 to one caller only, so concurrent pollers never take the same entry.
+        return [WebhookDelivery.model_validate(json.loads(member)) for member in due
+                if self.redis.zrem(self.schedule_key, member)]
+
+
+class DeliveryLedger:
+    """Which events were delivered, who is sending one now, and every attempt per job."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.redis = client
+        self.prefix = prefix
+
+    def _log_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:deliveries"
+
+    def delivered(self, event_id: str) -> bool:
+        """True once the event was acknowledged by the receiver."""
+        return bool(self.redis.exists(f"{self.prefix}:webhook:{event_id}:delivered"))
+
+    def try_lock(self, event_id: str, seconds: float) -> bool:
+        """Take the right to send this event now; False when another worker holds it."""
+        return bool(self.redis.set(f"{self.prefix}:webhook:{event_id}:sending", "1", nx=True,
+                                   px=int(seconds * 1000)))
+
+    def record(self, job_id: str, attempt: DeliveryAttempt) -> None:
+        """Log the attempt under the job; mark the event delivered on success."""
+        with self.redis.pipeline() as pipe:
+            pipe.rpush(self._log_key(job_id), attempt.model_dump_json())
+            pipe.expire(self._log_key(job_id), WEBHOOK_DATA_TTL_SECONDS)
+            if attempt.delivered:
+                pipe.set(f"{self.prefix}:webhook:{attempt.event_id}:delivered", "1",
+                         ex=WEBHOOK_DATA_TTL_SECONDS)
+            pipe.delete(f"{self.prefix}:webhook:{attempt.event_id}:sending")
+            pipe.execute()
+
+    def attempts(self, job_id: str) -> list[DeliveryAttempt]:
+        """Every delivery attempt made for a job, oldest first."""
+        entries = cast(list[str], self.redis.lrange(self._log_key(job_id), 0, -1))
+        return [DeliveryAttempt.model_validate_json(entry) for entry in entries]

@@ -1,0 +1,82 @@
+"""Media by presigned direct upload and by URL, and SSRF rules, through the running stack."""
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+import redis
+
+from scripts.localstack import LocalStack, free_port
+from scripts.sample_media import sample_jpeg
+from shared.auth import ApiKeyStore, Scope
+from shared.settings import BaseServiceSettings
+from tests.client import auth, result, submit, wait_terminal
+
+
+@pytest.fixture(scope="module")
+def media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local HTTP server of generated media files."""
+    root = tmp_path_factory.mktemp("media")
+    (root / "photo.jpg").write_bytes(sample_jpeg(320, 240))
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *_: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_job_can_take_its_image_from_a_url(stack: LocalStack, media_server: str) -> None:
+    response = submit(stack, [], media_urls=f"{media_server}/photo.jpg")
+    assert response.status_code == 202, response.text
+    job = wait_terminal(stack, response.json()["id"])
+    assert job["status"] == "succeeded", job
+    [summary] = result(stack, job["id"]).json()["inputs"]
+    assert summary["images"][0]["width"] == 320
+
+
+def test_private_addresses_are_refused_for_media_and_webhooks(stack: LocalStack) -> None:
+    cases: list[tuple[str, str]] = [("media_urls", "http://10.0.0.7/photo.jpg"),
+                                    ("media_urls", "https://169.254.169.254/latest/meta-data"),
+                                    ("webhook_url", "http://10.1.2.3/hook")]
+    for field, url in cases:
+        response = (submit(stack, [("p.jpg", sample_jpeg(64, 64))], webhook_url=url)
+                    if field == "webhook_url" else submit(stack, [], media_urls=url))
+        assert response.status_code == 422, (url, response.text)
+        assert response.json()["code"] == "url_not_allowed"
+
+
+def test_a_presigned_upload_becomes_the_input_of_a_job(
+        stack: LocalStack, settings: BaseServiceSettings) -> None:
+    data = sample_jpeg(500, 400)
+    created = httpx.post(f"{stack.ingest_url}/v1/uploads", headers=auth(stack), json={
+        "filename": "big.jpg", "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest()})
+    assert created.status_code == 201, created.text
+    upload_id = created.json()["upload_id"]
+    assert httpx.put(created.json()["url"], content=data).status_code == 200
+    completed = httpx.post(f"{stack.ingest_url}/v1/uploads/{upload_id}/complete",
+                           headers=auth(stack), json={})
+    assert completed.status_code == 200, completed.text
+    deadline = time.monotonic() + 30
+    while (upload := httpx.get(f"{stack.ingest_url}/v1/uploads/{upload_id}",
+                               headers=auth(stack)).json())["status"] != "ready":
+        assert upload["status"] == "probing" and time.monotonic() < deadline, upload
+        time.sleep(0.1)
+    assert (upload["probe"]["width"], upload["probe"]["height"]) == (500, 400)
+
+    job = wait_terminal(stack, submit(stack, [], upload_ids=upload_id).json()["id"])
+    assert job["status"] == "succeeded", job
+
+    stranger = ApiKeyStore(redis.Redis.from_url(settings.REDIS_URL, decode_responses=True),
+                           settings.KEY_PREFIX)
+    token, _ = stranger.create(tenant_id="someone-else", scopes=[Scope.submit, Scope.read])
+    refused = httpx.post(f"{stack.ingest_url}/v1/jobs", headers={"X-API-Key": token},
+                         data={"prompt": "Mine now?", "upload_ids": upload_id})
+    assert refused.status_code == 404
+    assert refused.json()["code"] == "upload_not_found"

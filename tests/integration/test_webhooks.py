@@ -1,0 +1,245 @@
+"""Webhooks end to end: filtered events in sequence order, retries that deliver each event once,
+410, Retry-After, redirects, the delivery log with redelivery, and secret rotation."""
+
+import dataclasses
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from scripts.localstack import LocalStack
+from scripts.sample_media import sample_jpeg
+from shared.auth import ApiKeyStore, Scope
+from shared.job_store import JobStore
+from shared.settings import WebhookSigningSettings
+from tests.client import auth, wait_terminal
+from tests.webhook_receiver import WebhookReceiver
+
+PHOTO = [("p.jpg", sample_jpeg(320, 240))]
+DEPLOYMENT_SECRET = WebhookSigningSettings().WEBHOOK_SECRET.get_secret_value()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as it reached the receiver, verified or not."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class ScriptedReceiver(WebhookReceiver):
+    """A receiver that answers planned statuses per path first and keeps every raw request."""
+
+    def __init__(self, secret: str) -> None:
+        self.planned: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        self.requests: list[Request] = []
+        super().__init__(secret)
+
+    def plan(self, path: str, *responses: tuple[int, dict[str, str]]) -> None:
+        """Answer the next requests on path with these statuses and headers, in order."""
+        with self.lock:
+            self.planned[path] = list(responses)
+
+    def on(self, path: str) -> list[Request]:
+        """Raw requests received on path."""
+        with self.lock:
+            return [request for request in self.requests if request.path == path]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver, verifying = self, super()._handler()
+
+        class Handler(verifying):  # type: ignore[valid-type,misc]
+            def do_POST(self) -> None:
+                body = self.rfile.read(  # type: ignore[has-type]
+                    int(self.headers["content-length"]))
+                path = self.path.strip("/")
+                with receiver.lock:
+                    receiver.requests.append(
+                        Request(path, dict(self.headers.items()), body, time.monotonic()))
+                    planned = receiver.planned.get(path, [])
+                    status, headers = planned.pop(0) if planned else (0, {})
+                if not status:
+                    # The verifying handler reads the body again.
+                    self.rfile = io.BytesIO(body)
+                    super().do_POST()
+                    return
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[ScriptedReceiver]:
+    """A scripted receiver verifying with the deployment's secret."""
+    scripted = ScriptedReceiver(DEPLOYMENT_SECRET)
+    with scripted:
+        yield scripted
+
+
+def _tenant_stack(stack: LocalStack, jobs: JobStore, tenant: str) -> LocalStack:
+    """The stack as seen through a new API key of its own tenant (isolated from other tests)."""
+    token, _ = ApiKeyStore(jobs.redis, jobs.prefix).create(
+        tenant_id=tenant, scopes=[Scope.submit, Scope.read], name="webhook tests")
+    return dataclasses.replace(stack, api_key=token)
+
+
+@pytest.fixture(scope="module")
+def tenant(stack: LocalStack, jobs: JobStore) -> LocalStack:
+    """The stack with an API key of a tenant of these tests."""
+    return _tenant_stack(stack, jobs, f"webhooks-{uuid.uuid4().hex[:6]}")
+
+
+def _submit(stack: LocalStack, url: str, events: list[str]) -> str:
+    """Submit a small job with a webhook and an event filter; its id."""
+    response = httpx.post(f"{stack.ingest_url}/v1/jobs", headers=auth(stack), timeout=30,
+                          files=[("files", item) for item in PHOTO],
+                          data={"prompt": "Describe this.", "max_new_tokens": "8",
+                                "webhook_url": url, "webhook_events": events})
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def _deliveries(stack: LocalStack, job_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{stack.results_url}/v1/jobs/{job_id}/deliveries", headers=auth(stack))
+    assert response.status_code == 200, response.text
+    log: dict[str, Any] = response.json()
+    return log
+
+
+def _terminal_delivered(receiver: WebhookReceiver, job_id: str) -> bool:
+    return any(d.payload["type"] == "job.succeeded" for d in receiver.for_job(job_id))
+
+
+def test_filtered_events_arrive_with_increasing_sequence_and_the_outcome_last(
+        tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    everything = _submit(tenant, receiver.url("all"), ["started", "progress", "output"])
+    output_only = _submit(tenant, receiver.url("output"), ["output"])
+    for job_id in (everything, output_only):
+        receiver.wait_for(partial(_terminal_delivered, receiver, job_id))
+    text = httpx.get(f"{tenant.results_url}/v1/jobs/{everything}/result",
+                     headers=auth(tenant)).json()["text"]
+    # The terminal event is queued after the others, but retries and two worker processes may
+    # deliver out of order: receivers order by sequence.
+    payloads = sorted((d.payload for d in receiver.for_job(everything)),
+                      key=lambda payload: payload["sequence"])
+    types = [payload["type"] for payload in payloads]
+    assert types[0] == "job.started" and types[-1] == "job.succeeded"
+    assert {"job.progress", "job.output"} <= set(types)
+    assert len({payload["sequence"] for payload in payloads}) == len(payloads)
+    assert "".join(p["data"]["delta"] for p in payloads if p["type"] == "job.output") == text
+    assert {d.payload["type"] for d in receiver.for_job(output_only)} <= {"job.output",
+                                                                          "job.succeeded"}
+    assert receiver.rejected == []
+
+
+def test_receiver_that_fails_then_recovers_gets_every_event_exactly_once(
+        tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    receiver.fail_next("flaky-events", 3)
+    job_id = _submit(tenant, receiver.url("flaky-events"), ["started", "progress"])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, job_id))
+    receiver.wait_for(lambda: all(e["delivered"] for e in _deliveries(tenant, job_id)["events"]))
+    log = _deliveries(tenant, job_id)
+    ids = [delivery.message_id for delivery in receiver.for_job(job_id)]
+    assert sorted(ids) == sorted(event["id"] for event in log["events"])
+    assert [a["status_code"] for a in log["attempts"]].count(503) == 3
+
+
+def test_410_disables_the_url_until_a_new_job_names_it(
+        tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    receiver.plan("gone", *[(410, {})] * 20)
+    job_id = _submit(tenant, receiver.url("gone"), ["started", "progress", "output"])
+    wait_terminal(tenant, job_id)
+
+    def settled() -> bool:
+        attempts = _deliveries(tenant, job_id)["attempts"]
+        return any(a["event_type"] == "job.succeeded" for a in attempts)
+
+    receiver.wait_for(settled)
+    attempts = _deliveries(tenant, job_id)["attempts"]
+    assert attempts[0]["status_code"] == 410 and attempts[0]["outcome"] == "disabled"
+    assert {a["outcome"] for a in attempts} <= {"disabled", "skipped"}
+    assert next(a for a in attempts if a["event_type"] == "job.succeeded")["outcome"] == "skipped"
+    assert receiver.for_job(job_id) == []
+
+    receiver.plan("gone")  # the receiver is back
+    again = _submit(tenant, receiver.url("gone"), [])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, again))
+
+
+def test_429_retry_after_is_honoured(tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    receiver.plan("busy", (429, {"Retry-After": "2"}))
+    job_id = _submit(tenant, receiver.url("busy"), [])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, job_id))
+    first, second = receiver.on("busy")[:2]
+    # The test stack caps backoff at 1 s, so only Retry-After explains the wait.
+    assert second.at - first.at >= 1.9
+    assert _deliveries(tenant, job_id)["attempts"][0]["retry_after_seconds"] == 2
+
+
+def test_redirect_is_recorded_not_followed_and_retried(
+        tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    elsewhere = receiver.url("elsewhere")
+    receiver.plan("moved", (302, {"Location": elsewhere}))
+    job_id = _submit(tenant, receiver.url("moved"), [])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, job_id))
+    first, second = _deliveries(tenant, job_id)["attempts"]
+    assert first["status_code"] == 302 and first["outcome"] == "retrying"
+    assert first["error"] == f"redirect not followed to {elsewhere}"
+    assert second["outcome"] == "delivered"
+    assert receiver.on("elsewhere") == []
+
+
+def test_delivery_log_and_redeliver_send_an_event_again(
+        stack: LocalStack, tenant: LocalStack, receiver: ScriptedReceiver) -> None:
+    job_id = _submit(tenant, receiver.url("again"), [])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, job_id))
+    [event] = _deliveries(tenant, job_id)["events"]
+    assert event["type"] == "job.succeeded" and event["delivered"]
+    [attempt] = _deliveries(tenant, job_id)["attempts"]
+    assert attempt["status_code"] == 204 and attempt["latency_ms"] > 0 and attempt["at"]
+
+    base = f"{tenant.results_url}/v1/jobs/{job_id}/deliveries"
+    response = httpx.post(f"{base}/{event['id']}/redeliver", headers=auth(tenant))
+    assert response.status_code == 202
+    receiver.wait_for(lambda: len(receiver.for_job(job_id)) == 2)
+    assert {d.message_id for d in receiver.for_job(job_id)} == {event["id"]}
+    assert httpx.post(f"{base}/evt_nope/redeliver", headers=auth(tenant)).status_code == 404
+    # Another tenant's key sees no such job.
+    assert httpx.get(base, headers=auth(stack)).status_code == 404
+
+
+def test_rotation_signs_with_old_and_new_secret_during_the_overlap(
+        stack: LocalStack, jobs: JobStore, receiver: ScriptedReceiver) -> None:
+    rotating = _tenant_stack(stack, jobs, f"rotation-{uuid.uuid4().hex[:6]}")
+    secret_url = f"{rotating.results_url}/v1/webhook-secret"
+    assert httpx.get(secret_url, headers=auth(rotating)).json()["source"] == "deployment"
+    rotated = httpx.post(f"{secret_url}/rotate", json={"overlap_seconds": 600},
+                         headers=auth(rotating)).json()
+    new_secret = rotated["secret"]
+    assert new_secret.startswith("whsec_") and rotated["previous_expires_at"]
+    info = httpx.get(secret_url, headers=auth(rotating)).json()
+    assert info["source"] == "key" and "secret" not in info
+    assert httpx.post(f"{secret_url}/rotate", params={"key_id": "someone-else"}, json={},
+                      headers=auth(rotating)).status_code == 403
+
+    job_id = _submit(rotating, receiver.url("rotated"), [])
+    receiver.wait_for(lambda: _terminal_delivered(receiver, job_id))
+    [request] = receiver.on("rotated")
+    assert len(request.headers["webhook-signature"].split()) == 2
+    for secret in (new_secret, DEPLOYMENT_SECRET):
+        Webhook(secret).verify(request.body, request.headers)
+
