@@ -101,6 +101,34 @@ class MediaRef(BaseModel):
 Priority = Literal["interactive", "batch"]
 
 
+class FileInput(BaseModel):
+    """An input sent with the request, by the name of its attached file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str
+
+
+class UploadInput(BaseModel):
+    """An input uploaded beforehand with a presigned URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload_id: str
+
+
+class UrlInput(BaseModel):
+    """An input the service fetches from an https URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+
+
+# One input of a job, in prompt order.
+InputRef = FileInput | UploadInput | UrlInput
+
+
 class JobCreate(BaseModel):
     """What a client asks for, apart from the media itself."""
 
@@ -112,10 +140,8 @@ class JobCreate(BaseModel):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     media_options: MediaOptions = Field(default_factory=MediaOptions)
     webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
-    # Inputs besides uploaded files, after them in prompt order: completed direct uploads,
-    # then URLs the service fetches.
-    upload_ids: list[str] = Field(default_factory=list)
-    media_urls: list[HttpUrl] = Field(default_factory=list)
+    # The job's images, videos and PDFs, in prompt order.
+    inputs: list[InputRef] = Field(default_factory=list)
     # Ask for JSON matching this schema (guided decoding where the engine has it).
     json_schema: dict[str, Any] | None = None
     # Continue that job's conversation: its prompt, media and answer become the history.
@@ -129,7 +155,8 @@ class JobCreate(BaseModel):
 
 
 class BatchLine(JobCreate):
-    """One line of a batch JSONL: a job request, its custom_id and its attached files' names."""
+    """One line of a batch JSONL: a job request, its custom_id and its attached files' names
+    (which come before any other `inputs`)."""
 
     custom_id: str = Field(min_length=1, max_length=128)
     files: list[str] = Field(default_factory=list)
@@ -137,7 +164,9 @@ class BatchLine(JobCreate):
 
     def job_create(self) -> JobCreate:
         """The job request this line stands for."""
-        return JobCreate.model_validate(self.model_dump(exclude={"custom_id", "files"}))
+        request = JobCreate.model_validate(self.model_dump(exclude={"custom_id", "files"}))
+        request.inputs = [FileInput(file=name) for name in self.files] + request.inputs
+        return request
 
 
 class JobError(BaseModel):

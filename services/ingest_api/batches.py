@@ -25,15 +25,10 @@ def submit_batch(*, lines: BinaryIO, files: list[Upload], principal: Principal,
     by_name = {upload.filename: upload for upload in files}
     validated = []
     for number, line in requests:
-        missing = [name for name in line.files if name not in by_name]
-        if missing:
-            raise TesseraError(ErrorCode.invalid_request,
-                               f"Line {number} names files that were not attached: "
-                               f"{', '.join(missing)}.", line=number)
         request = line.job_create()
         try:
-            model, checked = validate_request(request, [by_name[n] for n in line.files],
-                                              principal=principal, settings=settings, jobs=jobs)
+            model, checked = validate_request(request, by_name, principal=principal,
+                                              settings=settings, jobs=jobs)
         except TesseraError as error:
             raise TesseraError(error.code, f"Line {number}: {error.message}",
                                line=number) from None

@@ -6,22 +6,33 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile
 from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.batches import submit_batch
+from services.ingest_api.chat_input import ChatJobCreate, chat_to_job
+from services.ingest_api.config import IngestSettings
 from services.ingest_api.deps import ProducerDep, SettingsDep
-from services.ingest_api.service import Upload, retry_job, submit_job
+from services.ingest_api.service import Submission, Upload, retry_job, submit_job
 from shared.batch_store import BatchPublic, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
 from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, SubmitterDep
+from shared.job_store import JobStore
 from shared.job_waits import preferred_wait, wait_until_finished
 from shared.schemas import (
+    FileInput,
     GenerationParams,
     JobCreate,
     JobPublic,
     MediaOptions,
     Priority,
+    UploadInput,
+    UrlInput,
     WebhookEventFilter,
 )
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+
+
+def form_file_name(index: int) -> str:
+    """How a job request names the index-th file of a multipart form (names may repeat)."""
+    return f"#{index}"
 
 
 class JobForm(GenerationParams, MediaOptions):
@@ -34,7 +45,7 @@ class JobForm(GenerationParams, MediaOptions):
     upload_ids: list[str] = Field(
         default_factory=list, description="Completed direct uploads (after the files)")
     media_urls: list[HttpUrl] = Field(
-        default_factory=list, description="https URLs the service fetches (after uploads)")
+        default_factory=list, description="https URLs the service fetches (after the uploads)")
     prompt: str
     model: str | None = None
     webhook_url: HttpUrl | None = None
@@ -55,11 +66,14 @@ class JobForm(GenerationParams, MediaOptions):
 
     def to_create(self) -> JobCreate:
         """The structured request this form stands for."""
-        fields = self.model_dump(exclude_unset=True, exclude={"files"})
+        fields = self.model_dump(exclude_unset=True,
+                                 exclude={"files", "upload_ids", "media_urls"})
         return JobCreate(
             prompt=self.prompt, model=self.model, webhook_url=self.webhook_url,
             webhook_events=self.webhook_events, json_schema=self.json_schema,
-            upload_ids=self.upload_ids, media_urls=self.media_urls,
+            inputs=[*(FileInput(file=form_file_name(i)) for i in range(len(self.files))),
+                    *(UploadInput(upload_id=upload_id) for upload_id in self.upload_ids),
+                    *(UrlInput(url=url) for url in self.media_urls)],
             previous_job_id=self.previous_job_id, metadata=self.metadata or {},
             priority=self.priority, queue_ttl_seconds=self.queue_ttl_seconds,
             retention_seconds=self.retention_seconds,
@@ -82,10 +96,35 @@ def create_job(form: Annotated[JobForm, Form()], response: Response, principal: 
     """Accept a job: 202 with the job object and its Location (200 if it finished within
     `Prefer: wait=N`); a repeated Idempotency-Key returns the first request's job."""
     submission = submit_job(request=form.to_create(),
-                            uploads=[Upload(item.filename or f"file-{i}", item.file)
-                                     for i, item in enumerate(form.files)],
+                            files={form_file_name(i): Upload(item.filename or f"file-{i}",
+                                                             item.file)
+                                   for i, item in enumerate(form.files)},
                             principal=principal, idempotency_key=idempotency_key,
                             settings=settings, objects=objects, jobs=jobs, producer=producer)
+    return _answer(submission, prefer, response, jobs, settings)
+
+
+@router.post("/chat/jobs", status_code=202, response_model=JobPublic,
+             summary="Submit a job in the OpenAI chat-message shape",
+             responses={200: {"model": JobPublic,
+                              "description": "Finished within `Prefer: wait=N`."}})
+def create_chat_job(body: ChatJobCreate, response: Response, principal: SubmitterDep,
+                    settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
+                    producer: ProducerDep,
+                    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+                    prefer: Annotated[str | None, Header()] = None) -> JobPublic:
+    """Like POST /v1/jobs, from `messages` with text, image_url, video_url and file parts
+    (https or base64 data URLs, or completed uploads as file_id), kept in their order."""
+    request, files = chat_to_job(body)
+    submission = submit_job(request=request, files=files, principal=principal,
+                            idempotency_key=idempotency_key, settings=settings,
+                            objects=objects, jobs=jobs, producer=producer)
+    return _answer(submission, prefer, response, jobs, settings)
+
+
+def _answer(submission: Submission, prefer: str | None, response: Response, jobs: JobStore,
+            settings: IngestSettings) -> JobPublic:
+    """The accepted job: replay header, `Prefer: wait` honoured (200 when it ended), Location."""
     record = submission.record
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"

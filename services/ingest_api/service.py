@@ -24,12 +24,16 @@ from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
 from shared.queues import PREPROCESS_QUEUE, inference_queue, priority_lists
 from shared.schemas import (
+    FileInput,
+    InputRef,
     JobCreate,
     JobRecord,
     JobStatus,
     MediaKind,
     MediaRef,
     StageTimes,
+    UploadInput,
+    UrlInput,
 )
 from shared.ssrf import check_public_url
 from shared.tracing import current_trace_id
@@ -64,19 +68,22 @@ class Submission:
     replayed: bool
 
 
-def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principal,
+def submit_job(*, request: JobCreate, files: dict[str, Upload], principal: Principal,
                idempotency_key: str | None, settings: IngestSettings, objects: ObjectStore,
                jobs: JobStore, producer: Celery) -> Submission:
     """Validate everything first, then store media, record the job and queue it; a repeated
-    Idempotency-Key with the same request returns the job the first request created."""
-    model, checked = validate_request(request, uploads, principal=principal,
+    Idempotency-Key with the same request returns the job the first request created.
+
+    `files` are the request's attached files by the names its `inputs` use.
+    """
+    model, checked = validate_request(request, files, principal=principal,
                                       settings=settings, jobs=jobs)
     if idempotency_key is None:
         return Submission(accept_job(request, checked, model, principal, settings, objects, jobs,
                                   producer), replayed=False)
     keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
     digest = fingerprint(request.model_dump(mode="json"),
-                         [(item.upload.filename, item.sha256) for item in checked])
+                         [(item.upload.filename, item.sha256) for item in checked.values()])
     earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
     if earlier is not None:
         return Submission(jobs.get(earlier), replayed=True)
@@ -89,11 +96,11 @@ def submit_job(*, request: JobCreate, uploads: list[Upload], principal: Principa
     return Submission(record, replayed=False)
 
 
-def validate_request(request: JobCreate, uploads: list[Upload], *, principal: Principal,
+def validate_request(request: JobCreate, files: dict[str, Upload], *, principal: Principal,
                      settings: IngestSettings,
-                     jobs: JobStore) -> tuple[str, list["_CheckedUpload"]]:
+                     jobs: JobStore) -> tuple[str, dict[str, "_CheckedUpload"]]:
     """Everything that can refuse a request, before anything is stored: the model to use and
-    the uploads, sized, typed by content and hashed."""
+    the attached files its inputs name, sized, typed by content and hashed."""
     model = request.model or settings.DEFAULT_MODEL
     if model not in settings.served_models:
         raise TesseraError(ErrorCode.unknown_model,
@@ -108,38 +115,34 @@ def validate_request(request: JobCreate, uploads: list[Upload], *, principal: Pr
     if request.previous_job_id is not None:
         check_conversation(jobs, request.previous_job_id, principal.tenant_id,
                            settings.MAX_CONVERSATION_TURNS)
-    inputs = len(uploads) + len(request.upload_ids) + len(request.media_urls)
-    if not inputs and request.previous_job_id is None:
+    if not request.inputs and request.previous_job_id is None:
         raise TesseraError(ErrorCode.invalid_request,
-                           "Send at least one input: `files`, `upload_ids` or `media_urls`.")
-    if inputs > settings.MAX_FILES:
+                           "Send at least one input: a file, an upload or a URL.")
+    if len(request.inputs) > settings.MAX_FILES:
         raise TesseraError(ErrorCode.too_many_files,
-                           f"{inputs} inputs were sent; the limit is {settings.MAX_FILES}.")
+                           f"{len(request.inputs)} inputs were sent; the limit is "
+                           f"{settings.MAX_FILES}.")
+    named = {item.file for item in request.inputs if isinstance(item, FileInput)}
+    missing = sorted(named - files.keys())
+    if missing:
+        raise TesseraError(ErrorCode.invalid_request,
+                           f"Inputs name files that were not attached: {', '.join(missing)}.")
     if request.webhook_url is not None:
         check_public_url(str(request.webhook_url), allow_http=settings.allow_http,
                          allowed_networks=settings.allowed_networks)
-    return model, [_check_upload(upload, settings) for upload in uploads]
+    return model, {name: _check_upload(files[name], settings) for name in sorted(named)}
 
 
-def accept_job(request: JobCreate, checked: list["_CheckedUpload"], model: str,
+def accept_job(request: JobCreate, checked: dict[str, "_CheckedUpload"], model: str,
                principal: Principal, settings: IngestSettings, objects: ObjectStore,
                jobs: JobStore, producer: Celery) -> JobRecord:
-    """Store the media, record the job and queue it."""
+    """Store the media in input order, record the job and queue it."""
     _check_backpressure(jobs, model, settings)
     job_id = f"job_{uuid.uuid4().hex}"
     with tracer.start_as_current_span("job.submit", attributes={"job.id": job_id}):
-        keys = JobKeys(job_id)
-        # Uploads and URLs first: a failed fetch must leave nothing stored.
-        media = _remote_media(request, job_id, tenant_id=principal.tenant_id,
-                              first_index=len(checked), settings=settings, objects=objects,
-                              jobs=jobs)
-        for index, item in enumerate(checked):
-            key = keys.media(index)
-            item.upload.file.seek(0)
-            objects.put_file(key, item.upload.file, item.size, item.mime)
-            media.insert(index, MediaRef(index=index, kind=item.kind, key=key,
-                                  filename=item.upload.filename, content_type=item.mime,
-                                  size_bytes=item.size, sha256=item.sha256))
+        media = [_store_input(item, index, job_id, checked=checked, tenant_id=principal.tenant_id,
+                              settings=settings, objects=objects, jobs=jobs)
+                 for index, item in enumerate(request.inputs)]
         now = utcnow()
         record = JobRecord(id=job_id, tenant_id=principal.tenant_id,
                            api_key_id=principal.key_id, status=JobStatus.queued, model=model,
@@ -193,19 +196,26 @@ _REQUEST_FIELDS = {"tenant_id", "api_key_id", "model", "prompt", "generation", "
                    "priority", "retention_seconds"}
 
 
-def _remote_media(request: JobCreate, job_id: str, *, tenant_id: str, first_index: int,
-                  settings: IngestSettings, objects: ObjectStore,
-                  jobs: JobStore) -> list[MediaRef]:
-    """The job's completed direct uploads, then its URLs (fetched now), as its next inputs."""
-    uploads = UploadStore(jobs.redis, settings.KEY_PREFIX)
-    refs = [media_ref_from_upload(upload_id=upload_id, tenant_id=tenant_id, job_id=job_id,
-                                  index=first_index + i, uploads=uploads, objects=objects)
-            for i, upload_id in enumerate(request.upload_ids)]
-    offset = first_index + len(refs)
-    refs += [media_ref_from_url(url=str(url), job_id=job_id, index=offset + i, objects=objects,
-                                settings=settings, max_bytes=settings.max_bytes)
-             for i, url in enumerate(request.media_urls)]
-    return refs
+def _store_input(item: InputRef, index: int, job_id: str, *,
+                 checked: dict[str, "_CheckedUpload"], tenant_id: str, settings: IngestSettings,
+                 objects: ObjectStore, jobs: JobStore) -> MediaRef:
+    """Put one input where the job's index-th input lives: an attached file, a completed
+    direct upload (copied inside S3) or a URL (fetched now)."""
+    if isinstance(item, UploadInput):
+        return media_ref_from_upload(upload_id=item.upload_id, tenant_id=tenant_id,
+                                     job_id=job_id, index=index,
+                                     uploads=UploadStore(jobs.redis, settings.KEY_PREFIX),
+                                     objects=objects)
+    if isinstance(item, UrlInput):
+        return media_ref_from_url(url=str(item.url), job_id=job_id, index=index,
+                                  objects=objects, settings=settings,
+                                  max_bytes=settings.max_bytes)
+    upload = checked[item.file]
+    key = JobKeys(job_id).media(index)
+    upload.upload.file.seek(0)
+    objects.put_file(key, upload.upload.file, upload.size, upload.mime)
+    return MediaRef(index=index, kind=upload.kind, key=key, filename=upload.upload.filename,
+                    content_type=upload.mime, size_bytes=upload.size, sha256=upload.sha256)
 
 
 def _retention(request: JobCreate, settings: IngestSettings) -> int:
