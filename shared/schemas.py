@@ -366,3 +366,22 @@ class JobResult(BaseModel):
     output_json: Any = None
     json_valid: bool | None = None
     previous_job_id: str | None = None
+
+
+class TerminalEventData(JobPublic):
+    """The data of a terminal webhook event: the job, with its result inline or linked."""
+
+    result: JobResult | None = None
+    result_url: str | None = None
+
+
+class WebhookPayload(BaseModel):
+    """The body POSTed to a job's webhook_url (signed per Standard Webhooks)."""
+
+    type: str = Field(description="job.started, job.progress, job.output, job.succeeded, "
+                      "job.failed, job.canceled or job.expired")
+    timestamp: datetime
+    sequence: int = Field(description="Rises with each event of a job: drop lower ones")
+    data: TerminalEventData | dict[str, Any] = Field(
+        description="Terminal events: the job (and result); others: {id, stage, done, total} "
+        "for progress or {id, delta} for output")

@@ -13,6 +13,7 @@ from services.ingest_api.upload_routes import router as upload_router
 from shared.celery_factory import create_celery_app
 from shared.errors import ErrorCode, TesseraError
 from shared.http_api import create_api, problem
+from shared.schemas import WebhookPayload
 
 
 def create_app() -> FastAPI:
@@ -23,6 +24,12 @@ def create_app() -> FastAPI:
     app.state.producer = create_celery_app("ingest_api", settings)
     app.include_router(router)
     app.include_router(upload_router)
+
+    @app.webhooks.post("job-event")
+    def job_event(body: WebhookPayload) -> None:
+        """Sent to a job's webhook_url with headers webhook-id (stable per event),
+        webhook-timestamp and webhook-signature (`v1,<base64>`, one per active secret).
+        Answer 2xx within the timeout; 410 stops deliveries to the URL."""
     app.dependency_overrides[get_media_source_settings] = get_settings
 
     @app.middleware("http")

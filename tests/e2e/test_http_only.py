@@ -57,6 +57,14 @@ def test_result_is_202_with_the_job_while_it_runs(stack: LocalStack) -> None:
 def test_openapi_documents_the_job_endpoints(stack: LocalStack) -> None:
     ingest = httpx.get(f"{stack.ingest_url}/openapi.json").json()
     results = httpx.get(f"{stack.results_url}/openapi.json").json()
-    assert "/v1/jobs" in ingest["paths"]
-    assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
-            "/v1/jobs/{job_id}/events"} <= set(results["paths"])
+    assert {"/v1/jobs", "/v1/chat/jobs", "/v1/batches", "/v1/uploads",
+            "/v1/jobs/{job_id}/cancel", "/v1/jobs/{job_id}/retry"} <= set(ingest["paths"])
+    assert "job-event" in ingest["webhooks"]
+    assert "WebhookPayload" in ingest["components"]["schemas"]
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/result",
+            "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/deliveries",
+            "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/results"} <= set(results["paths"])
+    for document in (ingest, results):
+        for operations in document["paths"].values():
+            for operation in operations.values():
+                assert "application/problem+json" in operation["responses"]["default"]["content"]
