@@ -9,7 +9,7 @@ from typing import Literal, cast
 import redis
 
 from shared.errors import ErrorCode, TesseraError
-from shared.schemas import JobError, JobRecord, JobStatus, Stage
+from shared.schemas import JobError, JobRecord, JobStatus, Progress, Stage
 
 WorkStage = Literal["preprocess", "inference"]
 
@@ -151,6 +151,16 @@ class JobStore:
         batches = cast(list[tuple[str, list[tuple[str, dict[str, str]]]]], self.redis.xread(
             {self.events_key(job_id): after}, block=int(block_seconds * 1000)))
         return batches[0][1] if batches else []
+
+    def set_progress(self, job_id: str, progress: Progress) -> None:
+        """Remember how far a running job is (read by GET /v1/jobs/{id})."""
+        self.redis.set(f"{self.prefix}:job:{job_id}:progress", progress.model_dump_json(),
+                       ex=MAX_OPEN_SECONDS)
+
+    def progress(self, job_id: str) -> Progress | None:
+        """How far a running job is, if its worker said."""
+        raw = cast(str | None, self.redis.get(f"{self.prefix}:job:{job_id}:progress"))
+        return None if raw is None else Progress.model_validate_json(raw)
 
     def append_output(self, job_id: str, delta: str) -> None:
         """Record a piece of a running job's answer as an "output" event."""

@@ -226,6 +226,14 @@ class JobsPublic(BaseModel):
     next_cursor: str | None
 
 
+class Progress(BaseModel):
+    """How far a running job is: inputs prepared, or pieces of output generated."""
+
+    stage: Literal["preprocess", "inference"]
+    done: int
+    total: int | None
+
+
 class QueuePosition(BaseModel):
     """A waiting job's place: how many messages are ahead and an estimated start."""
 
@@ -260,6 +268,8 @@ class JobPublic(BaseModel):
     retry_of: str | None
     # For a job waiting in a queue: messages ahead of it and an estimated start.
     queue: "QueuePosition | None" = None
+    # For a running job: how far its stage is.
+    progress: "Progress | None" = None
     links: JobLinks
 
     @classmethod

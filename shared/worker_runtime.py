@@ -23,7 +23,7 @@ from shared.leases import LeaseBook, StageTask, this_worker
 from shared.object_store import JobKeys, ObjectStore
 from shared.queue_position import record_start
 from shared.queues import CELERY_PRIORITY, WEBHOOK_QUEUE, WEBHOOK_TASK
-from shared.schemas import JobRecord
+from shared.schemas import JobRecord, Progress
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing, shutdown_tracing
 from shared.webhook_events import TERMINAL_EVENTS, WebhookDelivery, WebhookEventType, WebhookOutbox
@@ -62,6 +62,14 @@ class WorkerClients:
             self._queue_event(record, event_type, data)
         except Exception:  # best effort: a lost progress event must not fail the job's work
             log.exception("job %s: could not queue its %s webhook", record.id, event_type)
+
+    def report_progress(self, record: JobRecord, progress: Progress) -> None:
+        """Record how far the job is and send its progress webhook if it asked; never raises."""
+        try:
+            self.jobs.set_progress(record.id, progress)
+        except Exception:  # best effort, like the webhook below
+            log.exception("job %s: could not record its progress", record.id)
+        self.notify(record, "job.progress", progress.model_dump())
 
     def _queue_event(self, record: JobRecord, event_type: WebhookEventType,
                      data: dict[str, object]) -> None:

@@ -5,7 +5,7 @@ from services.inference_worker.celery_app import app, process_engine, settings
 from shared.leases import StageTask
 from shared.object_store import JobKeys
 from shared.queues import INFERENCE_TASK, inference_queue
-from shared.schemas import InferenceTask, JobRecord, PreparedJob
+from shared.schemas import InferenceTask, JobRecord, PreparedJob, Progress
 from shared.worker_runtime import process_clients, run_stage
 
 
@@ -21,9 +21,10 @@ def infer(**payload: object) -> None:
         def flushed(delta: str) -> None:
             clients.jobs.append_output(record.id, delta)
             clients.notify(record, "job.output", {"delta": delta})
-            clients.notify(record, "job.progress", {
-                "stage": "inference", "done": partial.received,
-                "total": record.generation.max_new_tokens})
+            # Pieces of text, about one token each; the total is the most the job may get.
+            clients.report_progress(record, Progress(
+                stage="inference", done=partial.received,
+                total=record.generation.max_new_tokens))
 
         partial = PartialOutput(flushed)
         result = answer_job(record=record, manifest=manifest, objects=clients.objects,

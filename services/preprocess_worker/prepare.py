@@ -64,8 +64,10 @@ def cache_entry(*, sha256: str, kind: MediaKind, options: MediaOptions, exact: b
 
 def prepare_job(*, job_id: str, media: list[MediaRef], options: MediaOptions,
                 objects: ObjectStore, settings: PreprocessSettings,
-                canceled: Callable[[], bool] = lambda: False) -> PreparedJob:
-    """Prepare every input of a job, store tiles and manifest, and return the manifest.
+                canceled: Callable[[], bool] = lambda: False,
+                prepared: Callable[[int], None] = lambda done: None) -> PreparedJob:
+    """Prepare every input of a job, store tiles and manifest, and return the manifest;
+    `canceled` is asked before each input and `prepared` told after each.
 
     With PREPARED_CACHE, tiles are also kept by content hash and options (the hash is the
     ingest API's own, never a client's): a repeated input is neither downloaded nor decoded
@@ -91,6 +93,7 @@ def prepare_job(*, job_id: str, media: list[MediaRef], options: MediaOptions,
                                   "application/json")
         inputs.append(PreparedInput(index=ref.index, kind=ref.kind, tiles_key=tiles_key,
                                     images=images))
+        prepared(len(inputs))
     manifest = PreparedJob(job_id=job_id, inputs=inputs)
     objects.put_model(keys.prepared_manifest(), manifest)
     return manifest

@@ -8,7 +8,7 @@ from shared.dispatch import queue_stage
 from shared.errors import JobCanceled
 from shared.leases import StageTask
 from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
-from shared.schemas import JobRecord, PreprocessTask
+from shared.schemas import JobRecord, PreprocessTask, Progress
 from shared.upload_store import PROBE_UPLOAD_TASK, ProbeUploadTask, UploadStore
 from shared.worker_runtime import process_clients, run_stage
 
@@ -21,14 +21,17 @@ def preprocess(**payload: object) -> None:
 
     def work(record: JobRecord) -> None:
         clients.notify(record, "job.started", {"stage": "preprocess"})
+        def prepared(done: int) -> None:
+            clients.report_progress(record, Progress(stage="preprocess", done=done,
+                                                     total=len(record.media)))
+
         prepare_job(job_id=record.id, media=record.media, options=record.media_options,
                     objects=clients.objects, settings=get_settings(),
-                    canceled=lambda: clients.jobs.cancel_requested(record.id))
+                    canceled=lambda: clients.jobs.cancel_requested(record.id),
+                    prepared=prepared)
         if clients.jobs.cancel_requested(record.id):
             raise JobCanceled
         clients.jobs.finish_preprocess(record.id)
-        clients.notify(record, "job.progress", {
-            "stage": "preprocess", "done": len(record.media), "total": len(record.media)})
         queue_stage(clients.celery, clients.jobs, record, "inference")
 
     run_stage(clients, StageTask(PREPROCESS_TASK, PREPROCESS_QUEUE, task.model_dump()),

@@ -49,6 +49,8 @@ def get_job(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
     waiting_in = waiting_queue(record)
     if waiting_in is not None:
         public.queue = queue_position(jobs.redis, waiting_in, record.id)
+    elif record.status in (JobStatus.preprocessing, JobStatus.inferring):
+        public.progress = jobs.progress(record.id)
     return public
 
 

@@ -163,3 +163,17 @@ def test_a_full_queue_is_refused_with_503(jobs: JobStore) -> None:
         assert refused.value.details["retry_after_seconds"] == 30
     finally:
         jobs.redis.delete(inference_queue(model))
+
+
+def test_a_running_job_reports_its_progress(stack: LocalStack, jobs: JobStore) -> None:
+    job_id = submit(stack, PHOTO, max_new_tokens=3000, min_new_tokens=3000).json()["id"]
+    deadline = time.monotonic() + 60
+    while (progress := (job := httpx.get(f"{stack.results_url}/v1/jobs/{job_id}",
+                                         headers=auth(stack)).json()).get("progress") or {}
+           ).get("stage") != "inference" or not progress.get("done"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["progress"]["stage"] == "inference"
+    assert 0 < job["progress"]["done"] <= job["progress"]["total"] == 3000
+    httpx.post(f"{stack.ingest_url}/v1/jobs/{job_id}/cancel", headers=auth(stack))
+    assert wait_terminal(stack, job_id)["status"] == "canceled"

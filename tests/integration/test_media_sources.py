@@ -3,6 +3,7 @@ through the running stack."""
 
 import base64
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Iterator
@@ -10,8 +11,10 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import numpy as np
 import pytest
 import redis
+from PIL import Image
 
 from scripts.localstack import LocalStack, free_port
 from scripts.sample_media import sample_jpeg
@@ -120,3 +123,36 @@ def test_a_chat_job_with_earlier_turns_points_to_previous_job_id(stack: LocalSta
     response = httpx.post(f"{stack.ingest_url}/v1/chat/jobs", headers=auth(stack), json=body)
     assert response.status_code == 422
     assert "previous_job_id" in response.json()["detail"]
+
+
+def test_a_multipart_upload_is_verified_probed_and_used_by_a_job(stack: LocalStack) -> None:
+    # A scanned-style PDF of noise: over two 5 MiB parts, cheap to make.
+    page = Image.fromarray(np.random.default_rng(0).integers(0, 256, (3400, 3400, 3),
+                                                             dtype=np.uint8))
+    buffer = io.BytesIO()
+    page.save(buffer, format="PDF", quality=95)
+    data = buffer.getvalue()
+    assert len(data) > 10 * 1024 * 1024
+    response = httpx.post(f"{stack.ingest_url}/v1/uploads", headers=auth(stack), json={
+        "filename": "scan.pdf", "size_bytes": len(data), "parts": 2,
+        "sha256": hashlib.sha256(data).hexdigest()})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    etags = []
+    for part in created["parts"]:
+        start = (part["part_number"] - 1) * created["part_size_bytes"]
+        put = httpx.put(part["url"], content=data[start:start + part["size_bytes"]], timeout=60)
+        assert put.status_code == 200
+        etags.append({"part_number": part["part_number"], "etag": put.headers["etag"]})
+    completed = httpx.post(f"{stack.ingest_url}/v1/uploads/{created['upload_id']}/complete",
+                           headers=auth(stack), json={"parts": etags}, timeout=60)
+    assert completed.status_code == 200, completed.text
+    deadline = time.monotonic() + 60
+    while (upload := httpx.get(f"{stack.ingest_url}/v1/uploads/{created['upload_id']}",
+                               headers=auth(stack)).json())["status"] != "ready":
+        assert upload["status"] == "probing" and time.monotonic() < deadline, upload
+        time.sleep(0.1)
+    assert upload["probe"]["pages"] == 1
+    job = wait_terminal(stack, submit(stack, [], upload_ids=created["upload_id"],
+                                      max_tiles=2).json()["id"])
+    assert job["status"] == "succeeded", job
