@@ -78,6 +78,14 @@ class ApiKeyStore:
         return Principal(record.key_id, record.tenant_id, frozenset(record.scopes),
                          record.rate_limit_per_minute)
 
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        """The stored key with this id, or None for an unknown or revoked one."""
+        digest = cast(str | None, self.redis.get(f"{self.prefix}:apikey-id:{key_id}"))
+        if digest is None:
+            return None
+        raw = cast(str | None, self.redis.get(f"{self.prefix}:apikey:{digest}"))
+        return None if raw is None else ApiKeyRecord.model_validate_json(raw)
+
     def revoke(self, key_id: str) -> bool:
         """Delete a key; True when it existed."""
         digest = cast(str | None, self.redis.get(f"{self.prefix}:apikey-id:{key_id}"))

@@ -6,7 +6,7 @@ from typing import cast
 import redis
 from pydantic import BaseModel
 
-from shared.job_store import JobGone, JobNotFound, JobStore
+from shared.job_store import JobNotFound, JobStore
 from shared.schemas import JobRecord, JobStatus
 
 # Batches are kept as long as the longest job retention a client may ask for.
@@ -67,7 +67,7 @@ class BatchStore:
         for item in batch.items:
             try:
                 found.append((item, self.jobs.get(item.job_id)))
-            except (JobNotFound, JobGone):
+            except JobNotFound:
                 found.append((item, None))
         return found
 

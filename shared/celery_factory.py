@@ -25,6 +25,9 @@ def create_celery_app(name: str, settings: BaseServiceSettings) -> Celery:
         # A task is acknowledged only after it ran, and requeued if its process dies mid-task.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # A task that raised (only infrastructure errors escape our stage protocol) stays
+        # unacknowledged, so the broker redelivers it rather than dropping the job.
+        task_acks_on_failure_or_timeout=False,
         # Long tasks: prefetching would hoard jobs that other idle workers could run.
         worker_prefetch_multiplier=1,
         broker_transport_options=transport,

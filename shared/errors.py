@@ -14,7 +14,6 @@ class ErrorCode(StrEnum):
     too_many_files = "too_many_files"
     unknown_model = "unknown_model"
     job_not_found = "job_not_found"
-    job_not_finished = "job_not_finished"
     job_failed = "job_failed"
     unauthorized = "unauthorized"
     forbidden = "forbidden"
@@ -61,7 +60,6 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.too_many_files: ErrorInfo(413, "The request carries more files than allowed.", False),
     ErrorCode.unknown_model: ErrorInfo(422, "The model is not served here.", False),
     ErrorCode.job_not_found: ErrorInfo(404, "No job has this id.", False),
-    ErrorCode.job_not_finished: ErrorInfo(202, "The job has not finished yet.", True),
     ErrorCode.job_failed: ErrorInfo(409, "The job failed; it has no result.", False),
     ErrorCode.unauthorized: ErrorInfo(
         401, "Send a valid API key as `Authorization: Bearer <key>`.", False),

@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from pydantic import ValidationError
 
 from shared.auth import ApiKeyStore, Principal, Scope
 from shared.errors import ERRORS, ErrorCode, TesseraError
@@ -67,8 +68,16 @@ def install_error_handlers(app: FastAPI) -> None:
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['message']}" for f in fields)
         return problem(TesseraError(ErrorCode.invalid_request, summary, errors=fields))
 
+    async def on_model_error(_: Request, error: Exception) -> JSONResponse:
+        # A request model built inside a route (e.g. from a chat body) refused its values.
+        assert isinstance(error, ValidationError)
+        summary = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}"
+                            for item in error.errors())
+        return problem(TesseraError(ErrorCode.invalid_request, summary))
+
     app.add_exception_handler(TesseraError, on_tessera_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_model_error)
 
 
 def create_api(settings: BaseServiceSettings, *, title: str, description: str) -> FastAPI:
@@ -167,11 +176,10 @@ def _count_request(client: redis.Redis, settings: BaseServiceSettings,
 ANONYMOUS = Principal("anonymous", "public", frozenset(Scope))
 SubmitterDep = Annotated[Principal, Depends(require(Scope.submit))]
 ReaderDep = Annotated[Principal, Depends(require(Scope.read))]
-AdminDep = Annotated[Principal, Depends(require(Scope.admin))]
 
 
-def valid_job(job_id: str, jobs: JobStoreDep, principal: ReaderDep) -> JobRecord:
-    """The caller's job in the path: 404 job_not_found for unknown ids and other tenants' jobs,
+def tenant_job(jobs: JobStore, job_id: str, principal: Principal) -> JobRecord:
+    """The caller's job: 404 job_not_found for unknown ids and other tenants' jobs,
     410 result_gone for the caller's jobs purged by retention."""
     try:
         record = jobs.get(job_id)
@@ -188,4 +196,15 @@ def valid_job(job_id: str, jobs: JobStoreDep, principal: ReaderDep) -> JobRecord
     return record
 
 
-JobDep = Annotated[JobRecord, Depends(valid_job)]
+def readable_job(job_id: str, jobs: JobStoreDep, principal: ReaderDep) -> JobRecord:
+    """The job in the path, for a caller with the read scope."""
+    return tenant_job(jobs, job_id, principal)
+
+
+def steerable_job(job_id: str, jobs: JobStoreDep, principal: SubmitterDep) -> JobRecord:
+    """The job in the path, for a caller with the submit scope (cancel, retry, redeliver)."""
+    return tenant_job(jobs, job_id, principal)
+
+
+JobDep = Annotated[JobRecord, Depends(readable_job)]
+OwnJobDep = Annotated[JobRecord, Depends(steerable_job)]

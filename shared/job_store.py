@@ -42,8 +42,8 @@ class JobNotFound(KeyError):
     """No job has this id."""
 
 
-class JobGone(KeyError):
-    """The job existed but was purged when its retention ended."""
+class JobGone(JobNotFound):
+    """The job existed but was purged when its retention ended (a kind of not found)."""
 
     def __init__(self, job_id: str, tenant_id: str) -> None:
         super().__init__(job_id)
@@ -113,11 +113,14 @@ class JobStore:
 
     def list_jobs(self, tenant_id: str, where: JobFilter, *, limit: int,
              cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
-        """A tenant's jobs, newest first, and the cursor of the next page (None at the end).
+        """A tenant's jobs, newest first, and the cursor of the next page (None at the end);
+        ValueError for a cursor that is not one this method returned.
 
         The cursor is the creation time of the last job returned; filters other than time are
         applied while reading, scanning at most a bounded number of jobs per page.
         """
+        if cursor is not None:
+            float(cursor)  # our cursors are scores; anything else is refused before Redis
         high = f"({cursor}" if cursor else (
             repr(where.created_before.timestamp()) if where.created_before else "+inf")
         low = repr(where.created_after.timestamp()) if where.created_after else "-inf"
@@ -241,8 +244,12 @@ class JobStore:
         def cancel(record: JobRecord) -> JobRecord | None:
             if record.status.terminal or record.status is JobStatus.canceling:
                 return None
-            if record.status is JobStatus.queued:
-                return _ended(record, JobStatus.canceled, CANCELED, "ingest")
+            waiting_for_inference = (record.status is JobStatus.preprocessing
+                                     and record.times.preprocess_finished_at is not None)
+            if record.status is JobStatus.queued or waiting_for_inference:
+                # Nothing runs it now; ending it here spares waking a GPU worker to cancel it.
+                return _ended(record, JobStatus.canceled, CANCELED,
+                              "inference" if waiting_for_inference else "ingest")
             record.status = JobStatus.canceling
             return record
 
@@ -278,7 +285,7 @@ class JobStore:
             job_id, _, stage = entry.rpartition(":")
             try:
                 record = self.get(job_id)
-            except (JobNotFound, JobGone):
+            except JobNotFound:
                 continue
             waiting = (record.status is JobStatus.queued if stage == "preprocess" else
                        record.status is JobStatus.preprocessing
@@ -314,7 +321,7 @@ class JobStore:
                 continue
             try:
                 record = self.get(job_id)
-            except (JobNotFound, JobGone):
+            except JobNotFound:
                 continue
             with self.redis.pipeline() as pipe:
                 pipe.set(f"{self.prefix}:gone:{job_id}", record.tenant_id, ex=GONE_TTL_SECONDS)

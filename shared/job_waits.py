@@ -21,6 +21,8 @@ def wait_until_finished(jobs: JobStore, record: JobRecord, seconds: float) -> Jo
     """The job once it ended, or as it is when seconds have passed (blocks on its events)."""
     deadline = time.monotonic() + min(seconds, MAX_WAIT_SECONDS)
     cursor = "$"
+    # Re-read after choosing "$": a job that ended before then would otherwise be waited on.
+    record = jobs.get(record.id)
     while not record.status.terminal:
         left = deadline - time.monotonic()
         if left <= 0:

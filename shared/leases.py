@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,13 +28,19 @@ class StageTask:
 
 
 def this_worker() -> str:
-    """The id of the current process as a lease holder: "host/pid"."""
+    """The id of the current process: "host/pid"."""
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
+def new_holder() -> str:
+    """A lease holder id for one run of a task: "host/pid#run" (a process runs tasks on
+    several threads, so the process alone does not tell two runs apart)."""
+    return f"{this_worker()}#{uuid.uuid4().hex[:12]}"
+
+
 def holder_is_dead(holder: str) -> bool:
-    """True when holder is a process on this host that no longer exists."""
-    host, _, pid = holder.rpartition("/")
+    """True when holder ran in a process on this host that no longer exists."""
+    host, _, pid = holder.partition("#")[0].rpartition("/")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -45,6 +52,17 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+# Remove a lease whose expiry is still past and return its task; nil when it was renewed.
+_TAKE_IF_LAPSED = """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local task = redis.call('HGET', KEYS[2], 'task')
+redis.call('DEL', KEYS[2])
+return task
+"""
+
+
 class LeaseBook:
     """Leases in Redis: a sorted set of expiry times and one hash per lease (a job's stage)."""
 
@@ -53,12 +71,14 @@ class LeaseBook:
         self.prefix = prefix
         self.seconds = seconds
         self._expiries = f"{prefix}:leases"
+        self._take_if_lapsed = client.register_script(_TAKE_IF_LAPSED)
 
     def _key(self, lease_id: str) -> str:
         return f"{self.prefix}:lease:{lease_id}"
 
     def acquire(self, lease_id: str, worker: str, task: StageTask) -> str | None:
-        """Take the lease for worker; returns the live holder instead when another has it."""
+        """Take the lease for worker (a holder id from new_holder); returns the live holder
+        instead when another run has it."""
         key = self._key(lease_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -106,15 +126,14 @@ class LeaseBook:
 
     def take_lapsed(self, limit: int = 50) -> list[StageTask]:
         """Claim lapsed leases (each by one caller only) and return the tasks to re-queue."""
-        lapsed = cast(list[str], self.redis.zrangebyscore(self._expiries, 0, time.time(),
+        now = time.time()
+        lapsed = cast(list[str], self.redis.zrangebyscore(self._expiries, 0, now,
                                                           start=0, num=limit))
         tasks = []
         for lease_id in lapsed:
-            # Whoever removes the entry re-queues the task; the others skip it.
-            if not self.redis.zrem(self._expiries, lease_id):
-                continue
-            raw = cast(str | None, self.redis.hget(self._key(lease_id), "task"))
-            self.redis.delete(self._key(lease_id))
+            # Atomic: a lease renewed or re-taken since the read above is left alone.
+            raw = self._take_if_lapsed(keys=[self._expiries, self._key(lease_id)],
+                                       args=[lease_id, now])
             if raw is not None:
                 spec = json.loads(raw)
                 tasks.append(StageTask(spec["name"], spec["queue"], spec["kwargs"]))

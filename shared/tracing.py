@@ -35,7 +35,8 @@ class JsonLinesSpanExporter(SpanExporter):
 
 
 def setup_tracing(service_name: str, settings: BaseServiceSettings) -> TracerProvider:
-    """Install this process's tracer provider and instrument Celery and urllib3 (MinIO)."""
+    """Install this process's tracer provider and instrument Celery, urllib3 (MinIO) and,
+    where installed (the `webhook` extra), httpx (webhook posts)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if settings.OTEL_EXPORTER_OTLP_ENDPOINT:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -47,6 +48,13 @@ def setup_tracing(service_name: str, settings: BaseServiceSettings) -> TracerPro
     trace.set_tracer_provider(provider)
     CeleryInstrumentor().instrument(tracer_provider=provider)
     URLLib3Instrumentor().instrument(tracer_provider=provider)
+    try:
+        # Imported here: only the webhook image installs it, and API images stay small.
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    except ImportError:
+        pass
+    else:
+        HTTPXClientInstrumentor().instrument(tracer_provider=provider)
     return provider
 
 

@@ -6,9 +6,12 @@ from datetime import datetime
 from typing import Any, Literal, cast
 
 import redis
+from celery import Celery
+from opentelemetry import propagate
 from pydantic import BaseModel, Field
 
 from shared.job_store import utcnow
+from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.schemas import JobRecord, JobStatus, WebhookEventFilter
 
 WebhookEventType = Literal["job.started", "job.progress", "job.output", "job.succeeded",
@@ -62,6 +65,9 @@ class WebhookDelivery(BaseModel):
     attempt: int = Field(default=0, ge=0)
     # A redelivery asked for by the client: sent even if delivered before or the URL is disabled.
     force: bool = False
+    # W3C trace context of whoever scheduled it, so a retry sent from the Redis schedule hours
+    # later still joins the job's trace (Celery carries it only inside its own messages).
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 # delivered: 2xx. retrying / failed: another attempt is scheduled / that was the last one.
@@ -164,7 +170,12 @@ class WebhookOutbox:
         return sorted(events, key=lambda event: event.sequence)
 
     def schedule(self, delivery: WebhookDelivery, due_at: float) -> None:
-        """Send delivery once the Unix time due_at has passed (the webhook worker polls)."""
+        """Send delivery once the Unix time due_at has passed (the webhook worker polls); it
+        keeps the current trace context."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            delivery = delivery.model_copy(update={"trace_context": carrier})
         self.redis.zadd(self.schedule_key, {delivery.model_dump_json(): due_at})
 
     def take_due(self, now: float, limit: int = 100) -> list[WebhookDelivery]:
@@ -174,6 +185,16 @@ class WebhookOutbox:
         # ZREM answers 1 to one caller only, so concurrent pollers never take the same entry.
         return [WebhookDelivery.model_validate(json.loads(member)) for member in due
                 if self.redis.zrem(self.schedule_key, member)]
+
+
+def queue_event(celery: Celery, client: redis.Redis, prefix: str, record: JobRecord,
+                event_type: WebhookEventType, data: dict[str, Any] | None = None) -> None:
+    """Store the event if the job wants it and send its first delivery attempt to the webhook
+    worker; usable from any process with a Celery app and the Redis of the job store."""
+    event = WebhookOutbox(client, prefix).create(record, event_type, data)
+    if event is not None:
+        delivery = WebhookDelivery(job_id=record.id, event_id=event.id)
+        celery.send_task(WEBHOOK_TASK, kwargs=delivery.model_dump(), queue=WEBHOOK_QUEUE)
 
 
 class DeliveryLedger:

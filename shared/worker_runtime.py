@@ -16,17 +16,17 @@ from celery.signals import (
 )
 
 from shared.celery_factory import create_celery_app
-from shared.dispatch import send_stage
+from shared.dispatch import queue_stage, send_stage
 from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobNotFound, JobStore, WorkStage
-from shared.leases import LeaseBook, StageTask, this_worker
+from shared.leases import LeaseBook, StageTask, new_holder, this_worker
 from shared.object_store import JobKeys, ObjectStore
 from shared.queue_position import record_start
-from shared.queues import CELERY_PRIORITY, WEBHOOK_QUEUE, WEBHOOK_TASK
-from shared.schemas import JobRecord, Progress
+from shared.queues import CELERY_PRIORITY
+from shared.schemas import JobRecord, JobStatus, Progress
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing, shutdown_tracing
-from shared.webhook_events import TERMINAL_EVENTS, WebhookDelivery, WebhookEventType, WebhookOutbox
+from shared.webhook_events import TERMINAL_EVENTS, WebhookEventType, queue_event
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,8 @@ class WorkerClients:
 
     def _queue_event(self, record: JobRecord, event_type: WebhookEventType,
                      data: dict[str, object]) -> None:
-        event = WebhookOutbox(self.jobs.redis, self.settings.KEY_PREFIX).create(
-            record, event_type, data)
-        if event is not None:
-            delivery = WebhookDelivery(job_id=record.id, event_id=event.id)
-            self.celery.send_task(WEBHOOK_TASK, kwargs=delivery.model_dump(),
-                                  queue=WEBHOOK_QUEUE)
+        queue_event(self.celery, self.jobs.redis, self.settings.KEY_PREFIX, record, event_type,
+                    data)
 
     def keep_house(self) -> None:
         """Forever: renew this process's leases, re-queue stages whose holder went silent,
@@ -118,12 +114,13 @@ def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
     A job that is already over (a redelivered message) only has its webhook re-queued, since
     the process that ended it may have died before queuing it.
     """
-    job_id, worker = str(task.kwargs["job_id"]), this_worker()
+    job_id, worker, holder = str(task.kwargs["job_id"]), this_worker(), new_holder()
     # One lease per stage: the preprocess stage still holds its own while it queues inference.
     lease = f"{job_id}:{stage}"
-    holder = clients.leases.acquire(lease, worker, task)
-    if holder is not None:
-        log.info("job %s: %s is already running in %s; dropping this copy", job_id, stage, holder)
+    running_in = clients.leases.acquire(lease, holder, task)
+    if running_in is not None:
+        log.info("job %s: %s is already running in %s; dropping this copy", job_id, stage,
+                 running_in)
         return
     with clients.held_lock:
         clients.held.add(lease)
@@ -131,15 +128,21 @@ def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
     # list to it so a busy worker is never scaled away. A copy left by a killed worker is
     # removed when the stage's next run ends (LREM drops every copy).
     inflight = inflight_key(task.queue)
-    clients.jobs.redis.rpush(inflight, lease)
-    record_start(clients.jobs.redis, task.queue)
     try:
+        clients.jobs.redis.rpush(inflight, lease)
+        record_start(clients.jobs.redis, task.queue)
         _run_claimed(clients, job_id, stage, worker, work)
-    finally:
-        clients.jobs.redis.lrem(inflight, 0, lease)
+    except Exception:
+        # Redis or S3 failed outside the job's own work: keep the lease, which lapses once the
+        # heartbeat stops, so housekeeping re-queues the stage within LEASE_SECONDS.
+        log.exception("job %s: %s interrupted by an infrastructure error", job_id, stage)
         with clients.held_lock:
             clients.held.discard(lease)
-        clients.leases.release(lease, worker)
+        raise
+    with clients.held_lock:
+        clients.held.discard(lease)
+    clients.jobs.redis.lrem(inflight, 0, lease)
+    clients.leases.release(lease, holder)
 
 
 def inflight_key(queue: str) -> str:
@@ -157,6 +160,9 @@ def _run_claimed(clients: WorkerClients, job_id: str, stage: WorkStage, worker: 
                     job_id, stage)
         return
     if claim.superseded:
+        if claim.record.status is JobStatus.preprocessing:
+            # Its worker may have died between recording the stage done and queuing the next.
+            queue_stage(clients.celery, clients.jobs, claim.record, "inference")
         log.info("job %s: %s was already done; dropping this copy", job_id, stage)
         return
     if claim.record.status.terminal:

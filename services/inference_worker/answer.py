@@ -9,7 +9,7 @@ import numpy as np
 
 from services.inference_worker.engine import Engine, EngineImage, EngineRequest, Turn
 from shared.errors import ErrorCode, JobCanceled, TesseraError
-from shared.job_store import JobStore, utcnow
+from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import parse_output
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import (
@@ -105,7 +105,12 @@ def conversation_history(record: JobRecord, *, jobs: JobStore,
     turns = []
     previous_id = record.previous_job_id
     while previous_id is not None:
-        previous = jobs.get(previous_id)
+        try:
+            previous = jobs.get(previous_id)
+        except JobNotFound:
+            raise TesseraError(ErrorCode.invalid_request,
+                               f"Job {previous_id} of this conversation no longer exists (its "
+                               "retention ended); start a new conversation.") from None
         if previous.result_key is None:
             raise TesseraError(ErrorCode.invalid_request,
                                f"Job {previous_id} of this conversation has no result any more.")

@@ -22,8 +22,7 @@ from shared.schemas import (
     WebhookEventFilter,
 )
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[^,]*)?;base64,(?P<data>.*)$",
-                       re.DOTALL)
+_DATA_URL = re.compile(r"^data:[^,;]*(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL)
 
 
 class MediaUrl(BaseModel):
@@ -73,18 +72,18 @@ class ChatJobCreate(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=8192)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     response_format: ResponseFormat | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
     webhook_url: HttpUrl | None = None
     webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
     priority: Priority = "interactive"
-    queue_ttl_seconds: int | None = None
-    retention_seconds: int | None = None
+    queue_ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    retention_seconds: int | None = Field(default=None, ge=3600, le=90 * 24 * 3600)
     previous_job_id: str | None = None
     media_options: MediaOptions = Field(default_factory=MediaOptions)
 
@@ -110,8 +109,8 @@ def chat_to_job(body: ChatJobCreate) -> tuple[JobCreate, dict[str, Upload]]:
             continue
         item, upload = _input_of(part, position)
         inputs.append(item)
-        if upload is not None:
-            files[upload.filename] = upload
+        if upload is not None and isinstance(item, FileInput):
+            files[item.file] = upload
     generation = GenerationParams(
         max_new_tokens=body.max_completion_tokens or body.max_tokens or 512,
         temperature=body.temperature or 0.0, top_p=body.top_p or 1.0, seed=body.seed)
@@ -129,19 +128,20 @@ def _input_of(part: ContentPart, position: int) -> tuple[InputRef, Upload | None
     """A non-text part as a job input (and the file a data URL or file_data carried)."""
     media = part.image_url or part.video_url
     if media is not None:
-        return _url_input(media.url, f"part-{position}")
+        return _url_input(media.url, f"part-{position}", None)
     if part.file is not None and part.file.file_id is not None:
         return UploadInput(upload_id=part.file.file_id), None
     if part.file is not None and part.file.file_data is not None:
-        name = part.file.filename or f"part-{position}"
         data = part.file.file_data
-        return _url_input(data if data.startswith("data:") else f"data:;base64,{data}", name)
+        return _url_input(data if data.startswith("data:") else f"data:;base64,{data}",
+                          f"part-{position}", part.file.filename)
     raise TesseraError(ErrorCode.invalid_request,
                        f"Content part {position} ({part.type}) carries no media: give its "
                        "url, file_id or file_data.")
 
 
-def _url_input(url: str, name: str) -> tuple[InputRef, Upload | None]:
+def _url_input(url: str, key: str, filename: str | None) -> tuple[InputRef, Upload | None]:
+    """An https URL as a URL input; a data: URL as an attached file named by its part."""
     match = _DATA_URL.match(url)
     if match is None:
         return UrlInput(url=HttpUrl(url)), None
@@ -149,8 +149,8 @@ def _url_input(url: str, name: str) -> tuple[InputRef, Upload | None]:
         data = base64.b64decode(match.group("data"), validate=True)
     except (binascii.Error, ValueError):
         raise TesseraError(ErrorCode.invalid_request,
-                           f"The data URL of {name} is not valid base64.") from None
-    return FileInput(file=name), Upload(name, io.BytesIO(data))
+                           f"The data URL of {key} is not valid base64.") from None
+    return FileInput(file=key), Upload(filename or key, io.BytesIO(data))
 
 
 def _text_of(message: ChatMessage) -> str:

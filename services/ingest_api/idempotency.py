@@ -11,10 +11,6 @@ from shared.errors import ErrorCode, TesseraError
 
 # A key is remembered this long after its job was accepted (documented in the README).
 KEY_TTL_SECONDS = 24 * 3600
-# A first request still being accepted holds its key at most this long.
-PENDING_TTL_SECONDS = 300
-
-
 def fingerprint(fields: dict[str, object], file_digests: list[tuple[str, str]]) -> str:
     """A digest of what a request asks for: its fields and each file's name and content hash."""
     canonical = json.dumps({"fields": fields, "files": file_digests}, sort_keys=True,
@@ -24,10 +20,12 @@ def fingerprint(fields: dict[str, object], file_digests: list[tuple[str, str]]) 
 
 @dataclass(frozen=True)
 class IdempotencyKeys:
-    """Idempotency keys per tenant in Redis."""
+    """Idempotency keys per tenant in Redis; a first request still being accepted holds its
+    key at most pending_seconds (longer than accepting can take, or a retry could slip in)."""
 
     redis: redis.Redis
     prefix: str
+    pending_seconds: float
 
     def _key(self, tenant_id: str, key: str) -> str:
         return f"{self.prefix}:idem:{tenant_id}:{hashlib.sha256(key.encode()).hexdigest()}"
@@ -36,7 +34,7 @@ class IdempotencyKeys:
         """Reserve the key; returns the job id of an earlier identical request instead."""
         name = self._key(tenant_id, key)
         pending = json.dumps({"digest": request_digest, "job_id": None})
-        if self.redis.set(name, pending, nx=True, ex=PENDING_TTL_SECONDS):
+        if self.redis.set(name, pending, nx=True, ex=int(self.pending_seconds)):
             return None
         raw = cast(str | None, self.redis.get(name))
         if raw is None:  # expired between the two calls: take it now

@@ -12,7 +12,7 @@ from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Submission, Upload, retry_job, submit_job
 from shared.batch_store import BatchPublic, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
-from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, SubmitterDep
+from shared.http_api import JobStoreDep, ObjectStoreDep, OwnJobDep, SubmitterDep
 from shared.job_store import JobStore
 from shared.job_waits import preferred_wait, wait_until_finished
 from shared.schemas import (
@@ -26,6 +26,7 @@ from shared.schemas import (
     UrlInput,
     WebhookEventFilter,
 )
+from shared.webhook_events import TERMINAL_EVENTS, queue_event
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -140,20 +141,24 @@ def _answer(submission: Submission, prefer: str | None, response: Response, jobs
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic,
-             summary="Cancel a job: at once when queued, at the next safe point when running")
-def cancel_job(job: JobDep, principal: SubmitterDep, jobs: JobStoreDep,
+             summary="Cancel a job: at once when waiting, at the next safe point when running")
+def cancel_job(job: OwnJobDep, jobs: JobStoreDep, producer: ProducerDep,
                settings: SettingsDep) -> JobPublic:
     """The job after the cancel request: `canceled`, or `canceling` while its worker stops."""
-    if job.status.terminal:
+    transition = jobs.request_cancel(job.id)
+    record = transition.record
+    if not transition.changed and record.status.terminal:
         raise TesseraError(ErrorCode.job_not_cancelable,
-                           f"Job {job.id} already ended as {job.status}.")
-    record = jobs.request_cancel(job.id).record
+                           f"Job {job.id} already ended as {record.status}.")
+    if record.status.terminal:  # canceled while waiting: no worker will send its webhook
+        queue_event(producer, jobs.redis, settings.KEY_PREFIX, record,
+                    TERMINAL_EVENTS[record.status], {})
     return JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
 
 
 @router.post("/jobs/{job_id}/retry", status_code=202, response_model=JobPublic,
              summary="Run a failed, canceled or expired job again, as a new job")
-def retry(job: JobDep, principal: SubmitterDep, response: Response, settings: SettingsDep,
+def retry(job: OwnJobDep, response: Response, settings: SettingsDep,
           objects: ObjectStoreDep, jobs: JobStoreDep, producer: ProducerDep) -> JobPublic:
     """The new job (its `retry_of` names the original), with its Location."""
     record = retry_job(original=job, objects=objects, jobs=jobs, producer=producer)

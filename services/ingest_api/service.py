@@ -81,12 +81,20 @@ def submit_job(*, request: JobCreate, files: dict[str, Upload], principal: Princ
     if idempotency_key is None:
         return Submission(accept_job(request, checked, model, principal, settings, objects, jobs,
                                   producer), replayed=False)
-    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
+    # A first request holds its key while it is accepted, URL fetches included.
+    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX,
+                           pending_seconds=60 + settings.MAX_FILES
+                           * settings.URL_FETCH_TIMEOUT_SECONDS)
     digest = fingerprint(request.model_dump(mode="json"),
                          [(item.upload.filename, item.sha256) for item in checked.values()])
     earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
     if earlier is not None:
-        return Submission(jobs.get(earlier), replayed=True)
+        try:
+            return Submission(jobs.get(earlier), replayed=True)
+        except JobNotFound:
+            raise TesseraError(ErrorCode.result_gone,
+                               f"This Idempotency-Key created job {earlier}, which was deleted "
+                               "when its retention ended.") from None
     try:
         record = accept_job(request, checked, model, principal, settings, objects, jobs, producer)
     except BaseException:
@@ -159,8 +167,20 @@ def accept_job(request: JobCreate, checked: dict[str, "_CheckedUpload"], model: 
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        queue_stage(producer, jobs, record, "preprocess")
+        _queue_or_fail(producer, jobs, record)
     return record
+
+
+def _queue_or_fail(producer: Celery, jobs: JobStore, record: JobRecord) -> None:
+    """Queue a recorded job; if the broker refuses, fail the job rather than leave it queued."""
+    try:
+        queue_stage(producer, jobs, record, "preprocess")
+    except Exception as error:
+        failure = TesseraError(ErrorCode.internal_error,
+                               f"Job {record.id} could not be queued ({type(error).__name__}); "
+                               "submit it again.")
+        jobs.fail(record.id, failure, "ingest")
+        raise failure from error
 
 
 def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
@@ -186,7 +206,7 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        queue_stage(producer, jobs, record, "preprocess")
+        _queue_or_fail(producer, jobs, record)
     return record
 
 

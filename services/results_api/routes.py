@@ -32,7 +32,12 @@ def list_jobs(principal: ReaderDep, jobs: JobStoreDep, settings: SettingsDep,
     where = JobFilter(statuses=frozenset(status or ()), model=model,
                       created_after=created_after, created_before=created_before,
                       metadata=tuple(_pair(item) for item in metadata or ()))
-    records, next_cursor = jobs.list_jobs(principal.tenant_id, where, limit=limit, cursor=cursor)
+    try:
+        records, next_cursor = jobs.list_jobs(principal.tenant_id, where, limit=limit,
+                                              cursor=cursor)
+    except ValueError:
+        raise TesseraError(ErrorCode.invalid_request,
+                           "cursor must be a next_cursor value from an earlier page.") from None
     return JobsPublic(data=[JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
                             for record in records], next_cursor=next_cursor)
 

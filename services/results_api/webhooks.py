@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.auth import Scope
+from shared.auth import ApiKeyStore, Scope
 from shared.errors import ErrorCode, TesseraError
-from shared.http_api import JobDep, JobStoreDep, SubmitterDep
+from shared.http_api import JobDep, JobStoreDep, OwnJobDep, SubmitterDep
 from shared.webhook_events import (
     DeliveryAttempt,
     DeliveryLedger,
@@ -69,14 +69,27 @@ def get_secrets(jobs: JobStoreDep) -> WebhookSecretStore:
     return WebhookSecretStore(jobs.redis, jobs.prefix)
 
 
+def get_api_keys(jobs: JobStoreDep) -> ApiKeyStore:
+    """API keys, on the API's Redis connection."""
+    return ApiKeyStore(jobs.redis, jobs.prefix)
+
+
 def secret_owner(principal: SubmitterDep,
+                 keys: Annotated[ApiKeyStore, Depends(get_api_keys)],
                  key_id: Annotated[str | None, Query(
-                     description="Another API key's id (admin keys only)")] = None) -> str:
-    """The key whose secret is managed: the caller's own, or any key for an admin."""
+                     description="Another API key's id of your tenant (admin keys only)")] = None,
+                 ) -> str:
+    """The key whose secret is managed: the caller's own, or for an admin any key of its
+    tenant."""
     if key_id is None or key_id == principal.key_id:
         return principal.key_id
     if Scope.admin not in principal.scopes:
         raise TesseraError(ErrorCode.forbidden, "Only admin keys manage other keys' secrets.")
+    # Admin is a per-tenant scope: another tenant's key answers like an unknown one, so key
+    # ids of other tenants cannot be probed.
+    owner = keys.get(key_id)
+    if owner is None or owner.tenant_id != principal.tenant_id:
+        raise TesseraError(ErrorCode.forbidden, f"Key {key_id!r} is not one of your tenant's.")
     return key_id
 
 
@@ -99,8 +112,7 @@ def get_deliveries(job: JobDep, outbox: OutboxDep, ledger: LedgerDep) -> Deliver
 
 @router.post("/jobs/{job_id}/deliveries/{event_id}/redeliver", status_code=202,
              response_model=RedeliveryPublic, summary="Send one webhook event again now")
-def redeliver(job: JobDep, event_id: str, outbox: OutboxDep,
-              _: SubmitterDep) -> RedeliveryPublic:
+def redeliver(job: OwnJobDep, event_id: str, outbox: OutboxDep) -> RedeliveryPublic:
     """Queue the event for delivery now, even if it was delivered or its URL disabled."""
     if outbox.get(job.id, event_id) is None:
         raise TesseraError(ErrorCode.webhook_event_not_found,

@@ -170,10 +170,20 @@ class WebhookSender:
             # Another worker is sending it now: look again once that attempt has settled.
             self.outbox.schedule(delivery, time.time() + self.settings.WEBHOOK_TIMEOUT_SECONDS)
             return None
-        secrets = self.secrets.signing_secrets(
-            record.api_key_id, deployment_secret=self.settings.WEBHOOK_SECRET.get_secret_value())
-        attempt = post_signed(self.http, url, event=event, number=number,
-                              body=self._payload(event, record), secrets=secrets)
+        try:
+            secrets = self.secrets.signing_secrets(
+                record.api_key_id,
+                deployment_secret=self.settings.WEBHOOK_SECRET.get_secret_value())
+            attempt = post_signed(self.http, url, event=event, number=number,
+                                  body=self._payload(event, record), secrets=secrets)
+        except Exception as failure:
+            # The task's message is acknowledged already: an S3 or Redis error while building
+            # the request is a failed attempt, retried on schedule, or the event is lost.
+            log.exception("webhook %s: attempt %d failed before sending", event.id, number)
+            attempt = DeliveryAttempt(
+                event_id=event.id, event_type=event.type, number=number, at=utcnow(),
+                status_code=None, latency_ms=0.0,
+                error=f"not sent: {type(failure).__name__}: {failure}")
         attempt = self._settle(attempt, record, url, delivery)
         self.ledger.record(record.id, attempt)
         return attempt

@@ -6,6 +6,8 @@ import threading
 import time
 from functools import cache
 
+from opentelemetry import context, propagate
+
 from services.webhook_worker.celery_app import app
 from services.webhook_worker.config import get_settings
 from services.webhook_worker.delivery import WebhookSender
@@ -44,7 +46,14 @@ def queue_due_deliveries() -> None:
     while True:
         try:
             for delivery in outbox.take_due(time.time()):
-                deliver_webhook.apply_async(kwargs=delivery.model_dump(), queue=WEBHOOK_QUEUE)
+                # Publish inside the trace that scheduled it (the Celery instrumentation
+                # propagates the current context into the message).
+                token = context.attach(propagate.extract(delivery.trace_context))
+                try:
+                    deliver_webhook.apply_async(kwargs=delivery.model_dump(),
+                                                queue=WEBHOOK_QUEUE)
+                finally:
+                    context.detach(token)
         except Exception:  # a Redis hiccup must not end the loop
             log.exception("webhook schedule poll failed; retrying")
         threading.Event().wait(period)

@@ -1,5 +1,6 @@
 """Webhooks end to end: filtered events in sequence order, retries that deliver each event once,
-410, Retry-After, redirects, the delivery log with redelivery, and secret rotation."""
+410, Retry-After, redirects, the delivery log with redelivery, secret rotation within a tenant,
+events queued from outside the workers, and attempts that fail before sending."""
 
 import dataclasses
 import io
@@ -17,10 +18,17 @@ from standardwebhooks import Webhook
 
 from scripts.localstack import LocalStack
 from scripts.sample_media import sample_jpeg
+from services.webhook_worker.config import WebhookSettings
+from services.webhook_worker.delivery import WebhookSender
 from shared.auth import ApiKeyStore, Scope
+from shared.celery_factory import create_celery_app
 from shared.job_store import JobStore
-from shared.settings import WebhookSigningSettings
+from shared.object_store import ObjectStore
+from shared.schemas import JobStatus
+from shared.settings import BaseServiceSettings, WebhookSigningSettings
+from shared.webhook_events import DeliveryLedger, WebhookDelivery, WebhookOutbox, queue_event
 from tests.client import auth, wait_terminal
+from tests.factories import job_record
 from tests.webhook_receiver import WebhookReceiver
 
 PHOTO = [("p.jpg", sample_jpeg(320, 240))]
@@ -89,11 +97,17 @@ def receiver() -> Iterator[ScriptedReceiver]:
         yield scripted
 
 
-def _tenant_stack(stack: LocalStack, jobs: JobStore, tenant: str) -> LocalStack:
+def _tenant_stack(stack: LocalStack, jobs: JobStore, tenant: str,
+                  scopes: tuple[Scope, ...] = (Scope.submit, Scope.read)) -> LocalStack:
     """The stack as seen through a new API key of its own tenant (isolated from other tests)."""
     token, _ = ApiKeyStore(jobs.redis, jobs.prefix).create(
-        tenant_id=tenant, scopes=[Scope.submit, Scope.read], name="webhook tests")
+        tenant_id=tenant, scopes=list(scopes), name="webhook tests")
     return dataclasses.replace(stack, api_key=token)
+
+
+def _key_id(stack: LocalStack) -> str:
+    """The id of the stack's API key (tokens are `tsk_<id>_<secret>`)."""
+    return stack.api_key.removeprefix("tsk_").split("_", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +257,63 @@ def test_rotation_signs_with_old_and_new_secret_during_the_overlap(
     for secret in (new_secret, DEPLOYMENT_SECRET):
         Webhook(secret).verify(request.body, request.headers)
 
+
+
+def test_admin_key_manages_secrets_of_its_own_tenant_only(
+        stack: LocalStack, jobs: JobStore) -> None:
+    tenant, other = f"admin-{uuid.uuid4().hex[:6]}", f"victim-{uuid.uuid4().hex[:6]}"
+    admin = _tenant_stack(stack, jobs, tenant, (Scope.admin,))
+    colleague, victim = _tenant_stack(stack, jobs, tenant), _tenant_stack(stack, jobs, other)
+    secret_url = f"{admin.results_url}/v1/webhook-secret"
+
+    for key_id in (_key_id(victim), "no-such-key"):
+        response = httpx.post(f"{secret_url}/rotate", params={"key_id": key_id}, json={},
+                              headers=auth(admin))
+        assert response.status_code == 403, response.text
+        assert httpx.get(secret_url, params={"key_id": key_id},
+                         headers=auth(admin)).status_code == 403
+    assert httpx.get(secret_url, headers=auth(victim)).json()["source"] == "deployment"
+
+    rotated = httpx.post(f"{secret_url}/rotate", params={"key_id": _key_id(colleague)}, json={},
+                         headers=auth(admin))
+    assert rotated.status_code == 200, rotated.text
+    assert httpx.get(secret_url, headers=auth(colleague)).json()["source"] == "key"
+
+
+def test_event_queued_outside_the_workers_is_delivered(
+        stack: LocalStack, settings: BaseServiceSettings, jobs: JobStore,
+        receiver: ScriptedReceiver) -> None:
+    record = job_record(status=JobStatus.canceled, webhook_url=receiver.url("queued"))
+    jobs.create(record)
+    queue_event(create_celery_app("test-producer", settings), jobs.redis, jobs.prefix, record,
+                "job.canceled", {})
+    receiver.wait_for(lambda: bool(receiver.for_job(record.id)))
+    [delivery] = receiver.for_job(record.id)
+    assert delivery.payload["type"] == "job.canceled"
+
+
+def test_attempt_that_fails_before_sending_is_logged_and_retried(
+        settings: BaseServiceSettings, objects: ObjectStore) -> None:
+    # A prefix of its own: the stack's webhook worker must not take the scheduled retry.
+    prefix = f"{settings.KEY_PREFIX}-sender"
+    jobs = JobStore.from_url(settings.REDIS_URL, prefix)
+    record = job_record(status=JobStatus.succeeded, webhook_url="https://hooks.example/x",
+                        result_key="nowhere/result.json")
+    jobs.create(record)
+    outbox = WebhookOutbox(jobs.redis, prefix)
+    event = outbox.create(record, "job.succeeded")
+    assert event is not None
+    sender = WebhookSender(settings=WebhookSettings(**{**settings.model_dump(),
+                                                       "KEY_PREFIX": prefix}),
+                           jobs=jobs, objects=objects, http=httpx.Client())
+
+    # The result is missing from S3, so building the payload raises.
+    attempt = sender.send(WebhookDelivery(job_id=record.id, event_id=event.id))
+
+    assert attempt is not None and attempt.outcome == "retrying"
+    assert attempt.status_code is None and attempt.error and "KeyError" in attempt.error
+    assert DeliveryLedger(jobs.redis, prefix).attempts(record.id) == [attempt]
+    [retry] = outbox.take_due(time.time() + 24 * 3600)
+    assert (retry.event_id, retry.attempt) == (event.id, 1)
+    # The attempt released its lock.
+    assert DeliveryLedger(jobs.redis, prefix).try_lock(event.id, 1)
