@@ -18,8 +18,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The host name and its A/AAAA answers, as IP strings.
 Resolver = Callable[[str], Iterable[str]]
 
-# Until a dedicated code (`url_not_allowed`) exists in shared/errors.py.
-URL_NOT_ALLOWED = ErrorCode.url_not_allowed
 MAX_REDIRECTS = 5
 
 # Cloud metadata services: refused even inside a network a test explicitly allows.
@@ -123,17 +121,18 @@ def resolve_public(host: str, *, resolver: Resolver = system_resolver,
         try:
             addresses = tuple(ipaddress.ip_address(answer) for answer in resolver(host))
         except (OSError, UnicodeError) as error:
-            raise TesseraError(ErrorCode.invalid_request,
+            # DNS failures are often transient: a fetch failure (retryable), not a refusal.
+            raise TesseraError(ErrorCode.url_fetch_failed,
                                f"The host {host!r} could not be resolved ({error}): check the "
-                               "URL.") from None
+                               "URL, or retry if its DNS is failing.", host=host) from None
     if not addresses:
-        raise TesseraError(ErrorCode.invalid_request,
-                           f"The host {host!r} has no addresses: check the URL.")
+        raise TesseraError(ErrorCode.url_fetch_failed,
+                           f"The host {host!r} has no addresses: check the URL.", host=host)
     for address in addresses:
         reason = refusal_reason(address, allowed_networks)
         if reason is not None:
             # One bad answer refuses the host: a later lookup could hand that one out.
-            raise TesseraError(URL_NOT_ALLOWED,
+            raise TesseraError(ErrorCode.url_not_allowed,
                                f"The host {host!r} resolves to {address}, {reason}; only "
                                "public internet addresses can be fetched.",
                                host=host, address=str(address))
@@ -180,11 +179,15 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 
 
 def _refused(url: str, reason: str) -> TesseraError:
-    return TesseraError(URL_NOT_ALLOWED, f"The URL {url[:200]!r} cannot be fetched: {reason}.")
+    return TesseraError(ErrorCode.url_not_allowed,
+                        f"The URL {url[:200]!r} cannot be fetched: {reason}.")
 
 
 class UrlNotAllowed(httpx.TransportError):
-    """A request (or a redirect) went to a URL or address the policy refuses."""
+    """A request (or a redirect) the policy refuses, or whose host does not resolve.
+
+    `error` carries the code: url_not_allowed for a refusal, url_fetch_failed for DNS.
+    """
 
     def __init__(self, error: TesseraError) -> None:
         super().__init__(error.message)

@@ -17,8 +17,17 @@ PROBE_UPLOAD_TASK = "tessera.probe_upload"
 
 
 def upload_key(upload_id: str) -> str:
-    """Where the bytes of a direct upload are stored until it expires."""
-    return f"uploads/{upload_id}"
+    """Where the client PUTs the bytes of a direct upload (its presigned URLs point here)."""
+    return f"uploads/{upload_id}/original"
+
+
+def verified_upload_key(upload_id: str, snapshot_id: str) -> str:
+    """A server-side copy of a direct upload, verified on completion; no client URL reaches it.
+
+    Each completion attempt copies to its own key, so a concurrent attempt cannot overwrite
+    the bytes another one verified.
+    """
+    return f"uploads/{upload_id}/verified/{snapshot_id}"
 
 
 class UploadStatus(StrEnum):
@@ -55,6 +64,7 @@ class UploadRecord(BaseModel):
     id: str
     tenant_id: str
     status: UploadStatus
+    # The client-writable key while pending; the verified copy's key from completion on.
     key: str
     filename: str
     size_bytes: int
@@ -71,6 +81,8 @@ class UploadRecord(BaseModel):
     kind: MediaKind | None = None
     content_type: str | None = None
     probe: MediaProbe | None = None
+    # Probes started; a file that kills the worker is failed after a few, not retried forever.
+    probe_attempts: int = 0
     error: UploadError | None = None
 
 
@@ -91,11 +103,6 @@ class UploadStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
-
-    @classmethod
-    def from_url(cls, url: str, prefix: str) -> "UploadStore":
-        """A store on the Redis at url."""
-        return cls(redis.Redis.from_url(url, decode_responses=True), prefix)
 
     def _key(self, upload_id: str) -> str:
         return f"{self.prefix}:upload:{upload_id}"

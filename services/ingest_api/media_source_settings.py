@@ -15,7 +15,8 @@ class MediaSourceSettings(BaseServiceSettings):
     S3_PUBLIC_ENDPOINT: str | None = None
     UPLOAD_URL_EXPIRES_SECONDS: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     # How long a completed upload can be used by new jobs; an S3 lifecycle rule on `uploads/`
-    # should expire the objects after the same time.
+    # should expire the objects after the same time and abort incomplete multipart uploads
+    # (AbortIncompleteMultipartUpload).
     UPLOAD_RETENTION_SECONDS: int = Field(default=24 * 3600, ge=600)
     URL_FETCH_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0)
     URL_FETCH_ALLOW_HTTP: bool = False

@@ -27,8 +27,6 @@ from shared.ssrf import (
     system_resolver,
 )
 
-# Until a dedicated code (`url_fetch_failed`) exists in shared/errors.py.
-URL_FETCH_FAILED = ErrorCode.url_fetch_failed
 # Bodies up to this size stay in memory; larger ones spill to a temporary file.
 _SPOOL_BYTES = 8 * 1024 * 1024
 # No single connect or read may stall longer than this, so the overall deadline is kept
@@ -105,7 +103,7 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
     try:
         with client.stream("GET", url, headers={"accept-encoding": "identity"}) as response:
             if not response.is_success:
-                raise TesseraError(URL_FETCH_FAILED,
+                raise TesseraError(ErrorCode.url_fetch_failed,
                                    f"Fetching {url[:200]!r} answered HTTP {response.status_code}; "
                                    "check that the URL is public and has not expired.",
                                    upstream_status=response.status_code)
@@ -130,10 +128,11 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
     except httpx.TimeoutException:
         raise _timed_out(url, timeout_seconds) from None
     except httpx.TooManyRedirects:
-        raise TesseraError(URL_FETCH_FAILED, f"Fetching {url[:200]!r} took more than "
-                                             f"{MAX_REDIRECTS} redirects.") from None
+        raise TesseraError(ErrorCode.url_fetch_failed,
+                           f"Fetching {url[:200]!r} took more than {MAX_REDIRECTS} "
+                           "redirects.") from None
     except httpx.HTTPError as error:
-        raise TesseraError(URL_FETCH_FAILED,
+        raise TesseraError(ErrorCode.url_fetch_failed,
                            f"Fetching {url[:200]!r} failed ({type(error).__name__}: {error}); "
                            "check that the URL is reachable from the internet.") from None
     if media_type is None:
@@ -168,6 +167,6 @@ def _too_large(url: str, limit: int) -> TesseraError:
 
 
 def _timed_out(url: str, seconds: float) -> TesseraError:
-    return TesseraError(URL_FETCH_FAILED,
+    return TesseraError(ErrorCode.url_fetch_failed,
                         f"Fetching {url[:200]!r} took longer than {seconds:g} s; host the file "
                         "somewhere faster or upload it directly (POST /v1/uploads).")

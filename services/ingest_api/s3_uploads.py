@@ -84,6 +84,16 @@ class DirectUploads:
                 return None
             raise
 
+    def snapshot(self, key: str, target: str) -> int | None:
+        """Copy key to target inside S3; the copy's size, or None when nothing is at key."""
+        try:
+            self.objects.copy(key, target)
+        except S3Error as error:
+            if error.code in {"NoSuchKey", "NoSuchObject"}:
+                return None
+            raise
+        return self.size(target)
+
     def read_back(self, key: str, head_bytes: int) -> StoredObject:
         """Stream the stored object once to hash it and keep its first bytes."""
         digest = hashlib.sha256()

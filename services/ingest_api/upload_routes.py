@@ -1,5 +1,6 @@
 """HTTP routes of presigned direct uploads (`/v1/uploads`)."""
 
+import threading
 from functools import lru_cache
 from typing import Annotated
 
@@ -32,22 +33,28 @@ def get_media_source_settings() -> MediaSourceSettings:
 MediaSourceSettingsDep = Annotated[MediaSourceSettings, Depends(get_media_source_settings)]
 
 
+# Sync dependencies run in the threadpool: two first requests must not build two clients.
+_BUILD_LOCK = threading.Lock()
+
+
 def get_uploads(request: Request, settings: MediaSourceSettingsDep) -> UploadStore:
-    """The upload store, built on first use from the job store's Redis connection."""
-    if not hasattr(request.app.state, "uploads"):
-        request.app.state.uploads = UploadStore(request.app.state.jobs.redis,
-                                                settings.KEY_PREFIX)
-    store: UploadStore = request.app.state.uploads
+    """The upload store on the job store's Redis connection, built once per app."""
+    state = request.app.state
+    with _BUILD_LOCK:
+        if getattr(state, "uploads", None) is None:
+            state.uploads = UploadStore(state.jobs.redis, settings.KEY_PREFIX)
+        store: UploadStore = state.uploads
     return store
 
 
 def get_direct_uploads(request: Request, objects: ObjectStoreDep,
                        settings: MediaSourceSettingsDep) -> DirectUploads:
-    """The S3 side of direct uploads, built on first use."""
-    if not hasattr(request.app.state, "direct_uploads"):
-        request.app.state.direct_uploads = DirectUploads(objects, settings,
-                                                         settings.S3_PUBLIC_ENDPOINT)
-    direct: DirectUploads = request.app.state.direct_uploads
+    """The S3 side of direct uploads, built once per app."""
+    state = request.app.state
+    with _BUILD_LOCK:
+        if getattr(state, "direct_uploads", None) is None:
+            state.direct_uploads = DirectUploads(objects, settings, settings.S3_PUBLIC_ENDPOINT)
+        direct: DirectUploads = state.direct_uploads
     return direct
 
 

@@ -1,4 +1,10 @@
-"""Presigned direct uploads: hand out S3 URLs, verify what arrived, queue the probe, use it."""
+"""Presigned direct uploads: hand out S3 URLs, verify what arrived, queue the probe, use it.
+
+Completion copies the client's object server-side to a key no client URL reaches and verifies
+that copy, so a PUT after completion cannot change what jobs read under the verified SHA-256.
+Refused uploads abort their multipart upload; abandoned ones (never completed) must be dropped
+by an S3 lifecycle rule with AbortIncompleteMultipartUpload on `uploads/`.
+"""
 
 import math
 import uuid
@@ -28,13 +34,9 @@ from shared.upload_store import (
     UploadStatus,
     UploadStore,
     upload_key,
+    verified_upload_key,
 )
 
-# Until dedicated codes exist in shared/errors.py: upload_not_found (404), upload_not_ready (409)
-# and upload_verification_failed (422).
-UPLOAD_NOT_FOUND = ErrorCode.upload_not_found
-UPLOAD_NOT_READY = ErrorCode.upload_not_ready
-UPLOAD_VERIFICATION_FAILED = ErrorCode.upload_verification_failed
 # S3's rules: every part but the last at least 5 MiB; we list parts in one call (≤ 1000).
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 1000
@@ -155,9 +157,10 @@ def create_upload(*, request: UploadCreate, tenant_id: str, settings: MediaSourc
 def complete_upload(*, upload_id: str, tenant_id: str, request: UploadComplete,
                     max_bytes: Callable[[MediaKind], int], uploads: UploadStore,
                     direct: DirectUploads, producer: Celery) -> UploadRecord:
-    """Join the parts, verify size, SHA-256 and type of what S3 holds, then queue the probe.
+    """Join the parts, copy the object where clients cannot write, verify size, SHA-256 and
+    type of that copy, then queue the probe.
 
-    A mismatch deletes the object and fails the upload; completing twice is harmless.
+    A mismatch deletes the bytes and fails the upload; completing twice is harmless.
     """
     record = get_upload(upload_id=upload_id, tenant_id=tenant_id, uploads=uploads)
     if record.status is UploadStatus.failed and record.error is not None:
@@ -166,31 +169,37 @@ def complete_upload(*, upload_id: str, tenant_id: str, request: UploadComplete,
         return record
     if record.s3_upload_id is not None:
         _complete_parts(record, request, uploads, direct)
-    size = direct.size(record.key)
+    # The presigned PUT URL stays valid until it expires: verify (and later use) a snapshot
+    # that only the server can write, never the client's key.
+    verified_key = verified_upload_key(upload_id, uuid.uuid4().hex)
+    size = direct.snapshot(record.key, verified_key)
     if size is None:
-        raise TesseraError(UPLOAD_NOT_READY,
+        current = uploads.get(upload_id)
+        if current.status is not UploadStatus.pending:
+            return current  # a concurrent completion verified and removed the object already
+        raise TesseraError(ErrorCode.upload_not_ready,
                            f"Nothing has been uploaded for {upload_id} yet: PUT the file to the "
                            "URL from POST /v1/uploads, then complete it.")
     if size != record.size_bytes:
-        _fail(record, uploads, direct, TesseraError(
-            UPLOAD_VERIFICATION_FAILED,
+        _fail(record, verified_key, uploads, direct, TesseraError(
+            ErrorCode.upload_verification_failed,
             f"S3 holds {size} bytes but {record.size_bytes} were announced; create a new "
             "upload and send the whole file."))
-    stored = direct.read_back(record.key, SNIFF_BYTES)
+    stored = direct.read_back(verified_key, SNIFF_BYTES)
     if stored.sha256 != record.sha256:
-        _fail(record, uploads, direct, TesseraError(
-            UPLOAD_VERIFICATION_FAILED,
+        _fail(record, verified_key, uploads, direct, TesseraError(
+            ErrorCode.upload_verification_failed,
             f"The uploaded bytes have SHA-256 {stored.sha256}, not the announced "
             f"{record.sha256}; the file changed or was damaged in transit. Create a new upload."))
     media_type = sniff_media_type(stored.head)
     if media_type is None:
-        _fail(record, uploads, direct, TesseraError(
+        _fail(record, verified_key, uploads, direct, TesseraError(
             ErrorCode.unsupported_media,
             f"{record.filename!r} is not a supported image, video or PDF (its content was "
             "checked, not its name)."))
     limit = max_bytes(media_type.kind)
     if size > limit:
-        _fail(record, uploads, direct, TesseraError(
+        _fail(record, verified_key, uploads, direct, TesseraError(
             ErrorCode.media_too_large,
             f"{record.filename!r} is larger than the {limit // 2**20} MiB limit for a "
             f"{media_type.kind}.", limit_bytes=limit))
@@ -199,11 +208,16 @@ def complete_upload(*, upload_id: str, tenant_id: str, request: UploadComplete,
         if current.status is not UploadStatus.pending:
             return None
         current.status = UploadStatus.probing
+        current.key = verified_key
         current.kind = media_type.kind
         current.content_type = media_type.mime
         return current
 
+    client_key = record.key
     record = uploads.update(upload_id, verified)
+    if record.key != verified_key:
+        direct.delete(verified_key)  # a concurrent completion won; its snapshot is used
+    direct.delete(client_key)
     producer.send_task(PROBE_UPLOAD_TASK,
                        kwargs=ProbeUploadTask(upload_id=upload_id).model_dump(),
                        queue=PREPROCESS_QUEUE)
@@ -217,7 +231,7 @@ def get_upload(*, upload_id: str, tenant_id: str, uploads: UploadStore) -> Uploa
     except UploadNotFound:
         record = None
     if record is None or record.tenant_id != tenant_id:
-        raise TesseraError(UPLOAD_NOT_FOUND,
+        raise TesseraError(ErrorCode.upload_not_found,
                            f"No upload has the id {upload_id!r}, or it expired; create a new "
                            "one with POST /v1/uploads.", upload_id=upload_id)
     return record
@@ -230,7 +244,7 @@ def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index:
     if record.status is not UploadStatus.ready or record.kind is None \
             or record.content_type is None:
         detail = f": {record.error.message}" if record.error is not None else ""
-        raise TesseraError(UPLOAD_NOT_READY,
+        raise TesseraError(ErrorCode.upload_not_ready,
                            f"Upload {upload_id} is {record.status}, not ready{detail}. Complete "
                            "it and wait until GET /v1/uploads/{id} says ready.",
                            upload_id=upload_id)
@@ -251,7 +265,7 @@ def _complete_parts(record: UploadRecord, request: UploadComplete, uploads: Uplo
     expected = set(range(1, record.part_count + 1))
     if set(parts) != expected:
         missing = sorted(expected - set(parts))
-        raise TesseraError(UPLOAD_NOT_READY,
+        raise TesseraError(ErrorCode.upload_not_ready,
                            f"Upload {record.id} has {record.part_count} parts; missing "
                            f"{missing or 'none'}, unexpected {sorted(set(parts) - expected)}. "
                            "PUT every part, then complete it.")
@@ -260,15 +274,15 @@ def _complete_parts(record: UploadRecord, request: UploadComplete, uploads: Uplo
     except S3Error as error:
         if error.code == "NoSuchUpload" and direct.size(record.key) is not None:
             return  # a concurrent completion joined the parts already
-        raise TesseraError(UPLOAD_VERIFICATION_FAILED,
+        raise TesseraError(ErrorCode.upload_verification_failed,
                            f"S3 refused to join the parts of {record.id} ({error.code}: "
                            f"{error.message}); check the ETags and that every part but the last "
                            f"is exactly {record.part_size_bytes} bytes.") from None
 
 
-def _fail(record: UploadRecord, uploads: UploadStore, direct: DirectUploads,
+def _fail(record: UploadRecord, verified_key: str, uploads: UploadStore, direct: DirectUploads,
           error: TesseraError) -> NoReturn:
-    """Mark the upload failed, delete its bytes and raise the error."""
+    """Mark the upload failed, drop its bytes (and any unfinished multipart upload), raise."""
 
     def failed(current: UploadRecord) -> UploadRecord:
         current.status = UploadStatus.failed
@@ -276,5 +290,8 @@ def _fail(record: UploadRecord, uploads: UploadStore, direct: DirectUploads,
         return current
 
     uploads.update(record.id, failed)
+    if record.s3_upload_id is not None:
+        direct.abort_multipart(record.key, record.s3_upload_id)
     direct.delete(record.key)
+    direct.delete(verified_key)
     raise error

@@ -1,6 +1,7 @@
 """Probing a verified direct upload: dimensions, duration or pages from headers, nothing decoded."""
 
 import io
+import logging
 from fractions import Fraction
 
 import av
@@ -13,27 +14,50 @@ from shared.object_store import ObjectStore
 from shared.schemas import MediaKind
 from shared.upload_store import MediaProbe, UploadError, UploadRecord, UploadStatus, UploadStore
 
+# A probe that kills its worker is redelivered (acks late); this many starts, then the upload fails.
+MAX_PROBE_ATTEMPTS = 3
+logger = logging.getLogger(__name__)
+
 
 def probe_upload(*, upload_id: str, uploads: UploadStore, objects: ObjectStore,
                  settings: PreprocessSettings) -> UploadRecord:
-    """Probe an upload that is `probing` and mark it `ready` or `failed` (redeliveries no-op)."""
-    record = uploads.get(upload_id)
+    """Probe an upload that is `probing` and mark it `ready` or `failed` (redeliveries no-op).
+
+    Every outcome ends the probe: an unexpected error fails the upload (internal_error), and
+    an upload whose probe was started MAX_PROBE_ATTEMPTS times without ending is failed too.
+    """
+
+    def started(current: UploadRecord) -> UploadRecord | None:
+        if current.status is not UploadStatus.probing:
+            return None
+        current.probe_attempts += 1
+        return current
+
+    record = uploads.update(upload_id, started)
     if record.status is not UploadStatus.probing or record.kind is None \
             or record.content_type is None:
         return record
+    if record.probe_attempts > MAX_PROBE_ATTEMPTS:
+        logger.error("upload %s: probe started %d times without finishing; failing it",
+                     upload_id, record.probe_attempts - 1)
+        return _fail(upload_id, uploads, UploadError(
+            code=ErrorCode.internal_error,
+            message=f"Probing upload {upload_id} stopped the worker {MAX_PROBE_ATTEMPTS} times. "
+                    "Re-encode or re-export the file and upload it again; report the upload id "
+                    "if it happens again."))
     try:
         probe = probe_media(objects.get_bytes(record.key), record.kind, record.content_type,
                             settings=settings)
     except TesseraError as error:
-        failure = UploadError(code=error.code, message=error.message)
-
-        def failed(current: UploadRecord) -> UploadRecord | None:
-            if current.status is not UploadStatus.probing:
-                return None
-            current.status, current.error = UploadStatus.failed, failure
-            return current
-
-        return uploads.update(upload_id, failed)
+        return _fail(upload_id, uploads, UploadError(code=error.code, message=error.message))
+    except Exception:
+        # S3, Pillow or PyAV failing in an unforeseen way must not leave the upload probing.
+        logger.exception("upload %s: probe failed unexpectedly", upload_id)
+        return _fail(upload_id, uploads, UploadError(
+            code=ErrorCode.internal_error,
+            message=f"Upload {upload_id} could not be probed because of an internal error. "
+                    "Create a new upload and try again; report the upload id if it happens "
+                    "again."))
 
     def ready(current: UploadRecord) -> UploadRecord | None:
         if current.status is not UploadStatus.probing:
@@ -42,6 +66,18 @@ def probe_upload(*, upload_id: str, uploads: UploadStore, objects: ObjectStore,
         return current
 
     return uploads.update(upload_id, ready)
+
+
+def _fail(upload_id: str, uploads: UploadStore, failure: UploadError) -> UploadRecord:
+    """Mark a probing upload failed with failure (an upload no longer probing is kept)."""
+
+    def failed(current: UploadRecord) -> UploadRecord | None:
+        if current.status is not UploadStatus.probing:
+            return None
+        current.status, current.error = UploadStatus.failed, failure
+        return current
+
+    return uploads.update(upload_id, failed)
 
 
 def probe_media(data: bytes, kind: MediaKind, content_type: str, *,

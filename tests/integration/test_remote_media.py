@@ -12,11 +12,11 @@ import pytest
 
 from scripts.sample_media import sample_jpeg
 from services.ingest_api.media_source_settings import MediaSourceSettings
-from services.ingest_api.remote_media import URL_FETCH_FAILED, fetch_url, media_ref_from_url
+from services.ingest_api.remote_media import fetch_url, media_ref_from_url
 from shared.errors import ErrorCode, TesseraError
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import MediaKind
-from shared.ssrf import URL_NOT_ALLOWED, IPNetwork
+from shared.ssrf import IPNetwork
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 JPEG = sample_jpeg(320, 240)
@@ -108,19 +108,37 @@ def test_fetch_url_streams_hashes_and_sniffs_the_body(media_server: str) -> None
 
 
 def test_fetch_url_refuses_a_local_server_without_the_test_allowance(media_server: str) -> None:
-    assert _fetch(f"{media_server}/photo.jpg", allowed_networks=()).code == URL_NOT_ALLOWED
-    assert _fetch(f"{media_server}/photo.jpg", allow_http=False).code == URL_NOT_ALLOWED
+    refused = ErrorCode.url_not_allowed
+    assert _fetch(f"{media_server}/photo.jpg", allowed_networks=()).code == refused
+    assert _fetch(f"{media_server}/photo.jpg", allow_http=False).code == refused
+
+
+def test_fetch_url_reports_a_dns_failure_as_a_retryable_fetch_failure(media_server: str) -> None:
+    # The first lookup (the pre-check) answers; the one when connecting fails.
+    answers = iter([["127.0.0.1"]])
+
+    def flaky(host: str) -> list[str]:
+        for answer in answers:
+            return answer
+        raise OSError("Temporary failure in name resolution")
+
+    url = media_server.replace("127.0.0.1", "media.example.com") + "/photo.jpg"
+    with pytest.raises(TesseraError) as failed:
+        fetch_url(url, max_bytes=MIB, timeout_seconds=5, allow_http=True,
+                  allowed_networks=LOOPBACK, resolver=flaky)
+    assert failed.value.code == ErrorCode.url_fetch_failed and failed.value.retryable
+    assert "could not be resolved" in failed.value.message
 
 
 @pytest.mark.parametrize("path", ["/to-private", "/to-metadata", "/to-decimal-loopback"])
 def test_fetch_url_refuses_redirects_to_non_public_addresses(media_server: str, path: str) -> None:
     error = _fetch(media_server + path)
-    assert error.code == URL_NOT_ALLOWED, error.message
+    assert error.code == ErrorCode.url_not_allowed, error.message
 
 
 def test_fetch_url_stops_after_five_redirects(media_server: str) -> None:
     error = _fetch(f"{media_server}/loop")
-    assert error.code == URL_FETCH_FAILED and "redirects" in error.message
+    assert error.code == ErrorCode.url_fetch_failed and "redirects" in error.message
 
 
 @pytest.mark.parametrize("path", ["/big.jpg", "/big-chunked.jpg"])
@@ -137,14 +155,14 @@ def test_fetch_url_applies_the_limit_of_the_sniffed_kind(media_server: str) -> N
 def test_fetch_url_gives_up_on_a_slow_server_at_the_deadline(media_server: str) -> None:
     started = time.monotonic()
     error = _fetch(f"{media_server}/slow.jpg", timeout_seconds=1)
-    assert error.code == URL_FETCH_FAILED and "longer than 1 s" in error.message
+    assert error.code == ErrorCode.url_fetch_failed and "longer than 1 s" in error.message
     assert time.monotonic() - started < 3
 
 
 def test_fetch_url_refuses_what_is_not_media_and_failed_answers(media_server: str) -> None:
     assert _fetch(f"{media_server}/page.html").code == ErrorCode.unsupported_media
     error = _fetch(f"{media_server}/missing.jpg")
-    assert error.code == URL_FETCH_FAILED and "404" in error.message
+    assert error.code == ErrorCode.url_fetch_failed and "404" in error.message
 
 
 def test_media_ref_from_url_stores_the_input_of_a_job(media_server: str,

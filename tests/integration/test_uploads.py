@@ -8,26 +8,22 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from scripts.sample_media import sample_jpeg, sample_mp4
 from services.ingest_api.config import IngestSettings, get_settings
 from services.ingest_api.media_source_settings import MediaSourceSettings
 from services.ingest_api.upload_routes import get_media_source_settings, router
-from services.ingest_api.uploads import (
-    UPLOAD_NOT_FOUND,
-    UPLOAD_NOT_READY,
-    UPLOAD_VERIFICATION_FAILED,
-    media_ref_from_upload,
-)
+from services.ingest_api.uploads import media_ref_from_upload
 from services.preprocess_worker.config import PreprocessSettings
-from services.preprocess_worker.probe import probe_upload
+from services.preprocess_worker.probe import MAX_PROBE_ATTEMPTS, probe_upload
 from shared.celery_factory import create_celery_app
 from shared.errors import ERRORS, ErrorCode, TesseraError
 from shared.http_api import ANONYMOUS, create_api
 from shared.object_store import JobKeys, ObjectStore
 from shared.settings import BaseServiceSettings
-from shared.upload_store import UploadStore
+from shared.upload_store import UploadRecord, UploadStore
 
 MIB = 1024 * 1024
 
@@ -52,7 +48,8 @@ def api(settings: BaseServiceSettings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def uploads(settings: BaseServiceSettings) -> UploadStore:
-    return UploadStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX)
+    return UploadStore(redis.Redis.from_url(settings.REDIS_URL, decode_responses=True),
+                       settings.KEY_PREFIX)
 
 
 def _announce(api: TestClient, data: bytes, **fields: object) -> dict[str, Any]:
@@ -82,7 +79,7 @@ def test_single_put_upload_is_verified_probed_and_copied_into_a_job(
     with pytest.raises(TesseraError) as early:
         media_ref_from_upload(upload_id=upload_id, tenant_id=ANONYMOUS.tenant_id,
                               job_id="job_early", index=0, uploads=uploads, objects=objects)
-    assert early.value.code == UPLOAD_NOT_READY
+    assert early.value.code == ErrorCode.upload_not_ready
 
     completed = api.post(f"/v1/uploads/{upload_id}/complete", json={})
     assert completed.status_code == 200, completed.text
@@ -154,32 +151,33 @@ def test_completion_refuses_a_wrong_sha256_and_deletes_the_bytes(
     created = _announce(api, data, sha256="0" * 64)
     httpx.put(created["url"], content=data, timeout=30)
     completed = api.post(f"/v1/uploads/{created['upload_id']}/complete", json={})
-    assert completed.status_code == ERRORS[UPLOAD_VERIFICATION_FAILED].http_status
-    assert completed.json()["code"] == UPLOAD_VERIFICATION_FAILED
+    assert completed.status_code == ERRORS[ErrorCode.upload_verification_failed].http_status
+    assert completed.json()["code"] == ErrorCode.upload_verification_failed
     assert hashlib.sha256(data).hexdigest() in completed.json()["detail"]
     public = api.get(f"/v1/uploads/{created['upload_id']}").json()
-    assert public["status"] == "failed" and public["error"]["code"] == UPLOAD_VERIFICATION_FAILED
+    assert public["status"] == "failed"
+    assert public["error"]["code"] == ErrorCode.upload_verification_failed
     assert list(objects.list_keys(f"uploads/{created['upload_id']}")) == []
     again = api.post(f"/v1/uploads/{created['upload_id']}/complete", json={})
-    assert again.json()["code"] == UPLOAD_VERIFICATION_FAILED
+    assert again.json()["code"] == ErrorCode.upload_verification_failed
 
 
 def test_completion_refuses_a_size_mismatch_and_waits_for_missing_bytes(api: TestClient) -> None:
     data = sample_jpeg(320, 240)
     created = _announce(api, data)
     waiting = api.post(f"/v1/uploads/{created['upload_id']}/complete", json={})
-    assert waiting.json()["code"] == UPLOAD_NOT_READY
+    assert waiting.json()["code"] == ErrorCode.upload_not_ready
     assert api.get(f"/v1/uploads/{created['upload_id']}").json()["status"] == "pending"
     httpx.put(created["url"], content=data[:-10], timeout=30)
     short = api.post(f"/v1/uploads/{created['upload_id']}/complete", json={})
-    assert short.json()["code"] == UPLOAD_VERIFICATION_FAILED
+    assert short.json()["code"] == ErrorCode.upload_verification_failed
     assert "announced" in short.json()["detail"]
 
 
 def test_uploads_refuse_unknown_ids_bad_parts_and_oversized_files(api: TestClient) -> None:
     missing = api.get("/v1/uploads/upl_missing")
-    assert missing.status_code == ERRORS[UPLOAD_NOT_FOUND].http_status
-    assert missing.json()["code"] == UPLOAD_NOT_FOUND
+    assert missing.status_code == ERRORS[ErrorCode.upload_not_found].http_status
+    assert missing.json()["code"] == ErrorCode.upload_not_found
     small = api.post("/v1/uploads", json={"filename": "a.mp4", "size_bytes": 6 * MIB,
                                           "sha256": "a" * 64, "parts": 2})
     assert small.status_code == 422 and "5 MiB" in small.json()["detail"]
@@ -196,3 +194,54 @@ def test_probe_fails_an_upload_whose_content_cannot_be_read(
     assert api.post(f"/v1/uploads/{created['upload_id']}/complete", json={}).json()["kind"] == "pdf"
     probed = _probe(created["upload_id"], uploads, objects)
     assert probed["status"] == "failed" and probed["error"]["code"] == "decode_failed"
+
+
+def test_a_put_after_completion_cannot_change_what_jobs_read(
+        api: TestClient, uploads: UploadStore, objects: ObjectStore) -> None:
+    original, replacement = sample_jpeg(320, 240), sample_jpeg(64, 48)
+    created = _announce(api, original, filename="photo.jpg")
+    assert httpx.put(created["url"], content=original, timeout=30).status_code == 200
+    completed = api.post(f"/v1/uploads/{created['upload_id']}/complete", json={})
+    assert completed.status_code == 200, completed.text
+    # The presigned URL is still valid: other bytes land on the client's key, not the verified.
+    assert httpx.put(created["url"], content=replacement, timeout=30).status_code == 200
+
+    probed = _probe(created["upload_id"], uploads, objects)
+    assert probed["status"] == "ready" and probed["probe"]["width"] == 320
+    ref = media_ref_from_upload(upload_id=created["upload_id"], tenant_id=ANONYMOUS.tenant_id,
+                                job_id="job_overwrite", index=0, uploads=uploads,
+                                objects=objects)
+    assert objects.get_bytes(ref.key) == original
+    assert ref.sha256 == hashlib.sha256(original).hexdigest()
+
+
+def _probing_upload(api: TestClient) -> str:
+    data = sample_jpeg(32, 32)
+    created = _announce(api, data, filename="tiny.jpg")
+    httpx.put(created["url"], content=data, timeout=30)
+    assert api.post(f"/v1/uploads/{created['upload_id']}/complete",
+                    json={}).json()["status"] == "probing"
+    upload_id: str = created["upload_id"]
+    return upload_id
+
+
+def test_probe_fails_the_upload_on_an_unexpected_error(
+        api: TestClient, uploads: UploadStore, objects: ObjectStore) -> None:
+    upload_id = _probing_upload(api)
+    objects.client.remove_object(objects.bucket, uploads.get(upload_id).key)  # S3 loses it
+    probed = _probe(upload_id, uploads, objects)
+    assert probed["status"] == "failed" and probed["error"]["code"] == "internal_error"
+    assert upload_id in probed["error"]["message"]
+
+
+def test_probe_gives_up_after_the_worker_died_on_it_repeatedly(
+        api: TestClient, uploads: UploadStore, objects: ObjectStore) -> None:
+    upload_id = _probing_upload(api)
+
+    def died_probing(current: UploadRecord) -> UploadRecord:
+        current.probe_attempts = MAX_PROBE_ATTEMPTS  # started that often, never finished
+        return current
+
+    uploads.update(upload_id, died_probing)
+    probed = _probe(upload_id, uploads, objects)
+    assert probed["status"] == "failed" and probed["error"]["code"] == "internal_error"

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 import httpx
 import pytest
 
-from shared.errors import TesseraError
+from shared.errors import ErrorCode, TesseraError
 from shared.ssrf import (
-    URL_NOT_ALLOWED,
     Resolver,
     UrlNotAllowed,
     check_public_url,
@@ -82,11 +81,18 @@ def test_check_public_url_refuses_non_public_targets(url: str) -> None:
 def test_refusals_name_the_address_and_the_reason() -> None:
     with pytest.raises(TesseraError) as refused:
         check_public_url("https://rebind.example.com/a.jpg", resolver=DNS)
-    assert refused.value.code == URL_NOT_ALLOWED
+    assert refused.value.code == ErrorCode.url_not_allowed
     assert "10.0.0.5" in refused.value.message and "private" in refused.value.message
     with pytest.raises(TesseraError) as metadata:
         check_public_url("https://[::ffff:169.254.169.254]/", resolver=DNS)
     assert "metadata" in metadata.value.message
+
+
+@pytest.mark.parametrize("url", ["https://unknown.example.com/", "https://empty.example.com/"])
+def test_a_host_that_does_not_resolve_is_a_retryable_fetch_failure(url: str) -> None:
+    with pytest.raises(TesseraError) as failed:
+        check_public_url(url, resolver=DNS)
+    assert failed.value.code == ErrorCode.url_fetch_failed and failed.value.retryable
 
 
 @pytest.mark.parametrize(("url", "host", "port"), [
