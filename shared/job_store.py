@@ -9,6 +9,7 @@ from typing import Literal, cast
 import redis
 
 from shared.errors import ErrorCode, TesseraError
+from shared.redis_documents import update_document
 from shared.schemas import JobError, JobRecord, JobStatus, Progress, Stage
 
 WorkStage = Literal["preprocess", "inference"]
@@ -332,31 +333,21 @@ class JobStore:
         return purged
 
     def _update(self, job_id: str, mutate: Callable[[JobRecord], JobRecord | None]) -> Transition:
-        """Apply mutate atomically (optimistic WATCH/MULTI); None from mutate means no change."""
-        key = self._key(job_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise JobNotFound(job_id)
-                    before = JobRecord.model_validate_json(raw)
-                    after = mutate(before.model_copy(deep=True))
-                    if after is None:
-                        pipe.unwatch()
-                        return Transition(before, changed=False)
-                    after.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.set(key, after.model_dump_json(), keepttl=True)
-                    if after.status != before.status:
-                        self._append_event(pipe, after)
-                    if after.status.terminal and not before.status.terminal:
-                        self._start_retention(pipe, after)
-                    pipe.execute()
-                    return Transition(after, changed=after.status != before.status)
-                except redis.WatchError:
-                    continue
+        """Apply mutate atomically; None from mutate means no change. A status change records
+        its event, and the end of a job starts its retention, in the same transaction."""
+
+        def consequences(pipe: redis.client.Pipeline, before: JobRecord,
+                         after: JobRecord) -> None:
+            if after.status != before.status:
+                self._append_event(pipe, after)
+            if after.status.terminal and not before.status.terminal:
+                self._start_retention(pipe, after)
+
+        before, after = update_document(self.redis, self._key(job_id), JobRecord, mutate,
+                                        missing=lambda: JobNotFound(job_id), also=consequences)
+        if after is None:
+            return Transition(before, changed=False)
+        return Transition(after, changed=after.status != before.status)
 
     def _start_retention(self, pipe: redis.client.Pipeline, record: JobRecord) -> None:
         """Schedule the purge of an ended job; Redis keeps it a day longer as a safety net."""

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from shared.errors import ErrorCode
 from shared.job_store import utcnow
+from shared.redis_documents import update_document
 from shared.schemas import MediaKind
 
 # The probe runs in the preprocessing workers (they have the media libraries), on their queue.
@@ -124,23 +125,6 @@ class UploadStore:
     def update(self, upload_id: str,
                mutate: Callable[[UploadRecord], UploadRecord | None]) -> UploadRecord:
         """Apply mutate atomically (None leaves the record as it is); returns the record."""
-        key = self._key(upload_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise UploadNotFound(upload_id)
-                    before = UploadRecord.model_validate_json(raw)
-                    after = mutate(before.model_copy(deep=True))
-                    if after is None:
-                        pipe.unwatch()
-                        return before
-                    after.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.set(key, after.model_dump_json(), keepttl=True)
-                    pipe.execute()
-                    return after
-                except redis.WatchError:
-                    continue
+        before, after = update_document(self.redis, self._key(upload_id), UploadRecord, mutate,
+                                        missing=lambda: UploadNotFound(upload_id))
+        return before if after is None else after

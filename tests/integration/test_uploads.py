@@ -5,6 +5,7 @@ import hashlib
 import struct
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -38,12 +39,22 @@ def api(settings: BaseServiceSettings) -> Iterator[TestClient]:
     sources = MediaSourceSettings(REDIS_URL=settings.REDIS_URL, S3_ENDPOINT=settings.S3_ENDPOINT,
                                   KEY_PREFIX=settings.KEY_PREFIX)
     app = create_api(ingest, title="uploads", description="upload routes under test")
-    app.state.producer = create_celery_app("uploads-test", ingest)
+    # Probe tasks go to a broker no worker reads: these tests call the probe themselves, and
+    # the stack's workers (started by other tests in the session) must not race them.
+    idle_broker = ingest.model_copy(update={"REDIS_URL": _other_db(settings.REDIS_URL)})
+    app.state.producer = create_celery_app("uploads-test", idle_broker)
     app.include_router(router)
     app.dependency_overrides[get_settings] = lambda: ingest
     app.dependency_overrides[get_media_source_settings] = lambda: sources
     with TestClient(app) as client:
         yield client
+
+
+def _other_db(url: str) -> str:
+    """The same Redis server, another database number."""
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
 
 
 @pytest.fixture(scope="module")
