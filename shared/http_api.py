@@ -6,6 +6,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
 import redis
+from anyio import to_thread
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -101,6 +102,9 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_tracing(settings.OTEL_SERVICE_NAME, settings)
+        # Routes are sync and run on worker threads; event streams and long-polls wait in Redis
+        # for minutes, so allow many more threads than AnyIO's default 40 (they sit idle).
+        to_thread.current_default_thread_limiter().total_tokens = settings.API_THREADS
         app.state.settings = settings
         app.state.objects = ObjectStore(settings)
         app.state.objects.ensure_bucket()

@@ -39,6 +39,8 @@ class BaseServiceSettings(BaseSettings):
 
     # Attempts per stage before a job fails instead of being redelivered again (poison tasks).
     MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # Threads an API process serves requests on (open event streams and long-polls hold one).
+    API_THREADS: int = Field(default=400, ge=1)
     # Every API call needs a key (shared/auth.py); false serves everyone as tenant "public".
     AUTH_REQUIRED: bool = True
     RATE_LIMIT_PER_MINUTE: int = Field(default=600, ge=1)

@@ -1,18 +1,17 @@
 """The ingest API app (`uvicorn services.ingest_api.main:app`)."""
 
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from services.ingest_api.body_limit import BodyLimit
 from services.ingest_api.config import get_settings
 from services.ingest_api.routes import router
 from services.ingest_api.upload_routes import get_media_source_settings
 from services.ingest_api.upload_routes import router as upload_router
 from shared.celery_factory import create_celery_app
-from shared.errors import ErrorCode, TesseraError
-from shared.http_api import create_api, problem
+from shared.http_api import create_api
 from shared.schemas import WebhookPayload
 
 
@@ -32,17 +31,8 @@ def create_app() -> FastAPI:
         Answer 2xx within the timeout; 410 stops deliveries to the URL."""
     app.dependency_overrides[get_media_source_settings] = get_settings
 
-    @app.middleware("http")
-    async def refuse_oversized_bodies(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Before the body is read, let alone stored: Content-Length is known up front.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.MAX_REQUEST_BYTES:
-            return problem(TesseraError(
-                ErrorCode.media_too_large,
-                f"The request is {int(length) // 2**20} MiB; the limit is "
-                f"{settings.MAX_REQUEST_BYTES // 2**20} MiB. Send fewer or smaller files."))
-        return await call_next(request)
+    # Before the body is stored anywhere: by Content-Length up front, else while it is read.
+    app.add_middleware(BodyLimit, max_bytes=settings.MAX_REQUEST_BYTES)
 
     # The web page is served by the results API (PUBLIC_BASE_URL) and posts jobs here. Added
     # last, so it is the outermost middleware and error answers carry CORS headers too.

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 from shared.batch_store import BatchItem
 from shared.errors import ErrorCode, TesseraError
-from shared.job_store import JobStore
+from shared.job_store import JobNotFound, JobStore
 from shared.object_store import ObjectStore
 from shared.schemas import JobRecord, JobResult, JobStatus
 
@@ -30,6 +30,12 @@ def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
     while True:
         events = jobs.read_events(job_id, after=cursor, block_seconds=poll_seconds)
         if not events:
+            # Quiet: a client that resumed after the last event, or a purged job, ends here.
+            try:
+                if jobs.get(job_id).status.terminal:
+                    return
+            except JobNotFound:
+                return
             yield ": keep-alive\n\n"
             continue
         for event_id, fields in events:
