@@ -1,4 +1,4 @@
-"""Stage leases: which process runs a job's stage now, and the task that restarts it if it dies.
+"""Stage leases: which run of a task holds a job's stage now, so it is restarted if it dies.
 
 Celery redelivers a task whose pool child died at once, but a task whose whole worker died
 only after the broker's visibility timeout (an hour or more). A lease held while a stage runs,
@@ -7,24 +7,13 @@ A redelivered copy of a task whose lease is held by a live process is dropped, s
 runs twice at the same time.
 """
 
-import json
 import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
-
-
-@dataclass(frozen=True)
-class StageTask:
-    """The Celery task that (re)starts a stage of a job."""
-
-    name: str
-    queue: str
-    kwargs: dict[str, Any]
 
 
 def this_worker() -> str:
@@ -52,14 +41,13 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
-# Remove a lease whose expiry is still past and return its task; nil when it was renewed.
+# Remove a lease whose expiry is still past (1); leave a renewed one alone (0).
 _TAKE_IF_LAPSED = """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return false end
+if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-local task = redis.call('HGET', KEYS[2], 'task')
 redis.call('DEL', KEYS[2])
-return task
+return 1
 """
 
 
@@ -76,7 +64,7 @@ class LeaseBook:
     def _key(self, lease_id: str) -> str:
         return f"{self.prefix}:lease:{lease_id}"
 
-    def acquire(self, lease_id: str, worker: str, task: StageTask) -> str | None:
+    def acquire(self, lease_id: str, worker: str) -> str | None:
         """Take the lease for worker (a holder id from new_holder); returns the live holder
         instead when another run has it."""
         key = self._key(lease_id)
@@ -91,11 +79,7 @@ class LeaseBook:
                         pipe.unwatch()
                         return holder
                     pipe.multi()
-                    pipe.hset(key, mapping={
-                        "worker": worker,
-                        "task": json.dumps({"name": task.name, "queue": task.queue,
-                                            "kwargs": task.kwargs}),
-                    })
+                    pipe.hset(key, "worker", worker)
                     pipe.zadd(self._expiries, {lease_id: time.time() + self.seconds})
                     pipe.execute()
                     return None
@@ -124,17 +108,12 @@ class LeaseBook:
             except redis.WatchError:
                 pass  # someone took the lease over meanwhile: it is theirs now
 
-    def take_lapsed(self, limit: int = 50) -> list[StageTask]:
-        """Claim lapsed leases (each by one caller only) and return the tasks to re-queue."""
+    def take_lapsed(self, limit: int = 50) -> list[str]:
+        """Claim lapsed leases (each by one caller only) and return their ids to re-queue."""
         now = time.time()
         lapsed = cast(list[str], self.redis.zrangebyscore(self._expiries, 0, now,
                                                           start=0, num=limit))
-        tasks = []
-        for lease_id in lapsed:
-            # Atomic: a lease renewed or re-taken since the read above is left alone.
-            raw = self._take_if_lapsed(keys=[self._expiries, self._key(lease_id)],
-                                       args=[lease_id, now])
-            if raw is not None:
-                spec = json.loads(raw)
-                tasks.append(StageTask(spec["name"], spec["queue"], spec["kwargs"]))
-        return tasks
+        # Atomic: a lease renewed or re-taken since the read above is left alone.
+        return [lease_id for lease_id in lapsed
+                if self._take_if_lapsed(keys=[self._expiries, self._key(lease_id)],
+                                        args=[lease_id, now])]

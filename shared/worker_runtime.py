@@ -4,7 +4,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 from celery.concurrency.prefork import TaskPool as PreforkPool
@@ -19,7 +19,7 @@ from shared.celery_factory import create_celery_app
 from shared.dispatch import queue_stage, send_stage
 from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobNotFound, JobStore, WorkStage
-from shared.leases import LeaseBook, StageTask, new_holder, this_worker
+from shared.leases import LeaseBook, new_holder, this_worker
 from shared.object_store import JobKeys, ObjectStore
 from shared.queue_position import record_start
 from shared.queues import CELERY_PRIORITY
@@ -76,6 +76,18 @@ class WorkerClients:
         queue_event(self.celery, self.jobs.redis, self.settings.KEY_PREFIX, record, event_type,
                     data)
 
+    def _requeue(self, lease: str) -> None:
+        """Send a stage whose holder went silent again, at its job's priority."""
+        job_id, _, stage = lease.rpartition(":")
+        try:
+            record = self.jobs.get(job_id)
+        except JobNotFound:
+            return
+        if not record.status.terminal:
+            log.warning("re-queuing the %s of job %s: its worker stopped renewing the lease",
+                        stage, job_id)
+            send_stage(self.celery, record, cast(WorkStage, stage))
+
     def keep_house(self) -> None:
         """Forever: renew this process's leases, re-queue stages whose holder went silent,
         expire queued jobs past their deadline and purge jobs whose retention ended.
@@ -89,10 +101,8 @@ class WorkerClients:
                 with self.held_lock:
                     held = list(self.held)
                 self.leases.renew(held)
-                for task in self.leases.take_lapsed():
-                    log.warning("re-queuing %s for job %s: its worker stopped renewing the lease",
-                                task.name, task.kwargs.get("job_id"))
-                    self.celery.send_task(task.name, kwargs=task.kwargs, queue=task.queue)
+                for lease in self.leases.take_lapsed():
+                    self._requeue(lease)
                 for record in self.jobs.expire_overdue():
                     self.notify_if_terminal(record)
                 for record, stage in self.jobs.take_aged():
@@ -106,7 +116,7 @@ class WorkerClients:
             threading.Event().wait(period)
 
 
-def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
+def run_stage(clients: WorkerClients, job_id: str, queue: str, stage: WorkStage,
               work: Callable[[JobRecord], JobRecord | None]) -> None:
     """Lease and claim the stage, run work, and turn any failure into a failed job with a code.
 
@@ -114,10 +124,10 @@ def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
     A job that is already over (a redelivered message) only has its webhook re-queued, since
     the process that ended it may have died before queuing it.
     """
-    job_id, worker, holder = str(task.kwargs["job_id"]), this_worker(), new_holder()
+    worker, holder = this_worker(), new_holder()
     # One lease per stage: the preprocess stage still holds its own while it queues inference.
     lease = f"{job_id}:{stage}"
-    running_in = clients.leases.acquire(lease, holder, task)
+    running_in = clients.leases.acquire(lease, holder)
     if running_in is not None:
         log.info("job %s: %s is already running in %s; dropping this copy", job_id, stage,
                  running_in)
@@ -127,10 +137,10 @@ def run_stage(clients: WorkerClients, task: StageTask, stage: WorkStage,
     # Running acks-late tasks are invisible in the queue's list; autoscalers (KEDA) add this
     # list to it so a busy worker is never scaled away. A copy left by a killed worker is
     # removed when the stage's next run ends (LREM drops every copy).
-    inflight = inflight_key(task.queue)
+    inflight = inflight_key(queue)
     try:
         clients.jobs.redis.rpush(inflight, lease)
-        record_start(clients.jobs.redis, task.queue)
+        record_start(clients.jobs.redis, queue)
         _run_claimed(clients, job_id, stage, worker, work)
     except Exception:
         # Redis or S3 failed outside the job's own work: keep the lease, which lapses once the

@@ -2,7 +2,6 @@
 
 from services.inference_worker.answer import PartialOutput, answer_job
 from services.inference_worker.celery_app import app, process_engine, settings
-from shared.leases import StageTask
 from shared.object_store import JobKeys
 from shared.queues import INFERENCE_TASK, inference_queue
 from shared.schemas import InferenceTask, JobRecord, PreparedJob, Progress
@@ -34,5 +33,4 @@ def infer(**payload: object) -> None:
         clients.objects.put_model(result_key, result)
         return clients.jobs.succeed(record.id, result_key).record
 
-    queue = inference_queue(settings.MODEL_NAME)
-    run_stage(clients, StageTask(INFERENCE_TASK, queue, task.model_dump()), "inference", work)
+    run_stage(clients, task.job_id, inference_queue(settings.MODEL_NAME), "inference", work)

@@ -6,7 +6,6 @@ from services.preprocess_worker.prepare import prepare_job
 from services.preprocess_worker.probe import probe_upload
 from shared.dispatch import queue_stage
 from shared.errors import JobCanceled
-from shared.leases import StageTask
 from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
 from shared.schemas import JobRecord, PreprocessTask, Progress
 from shared.upload_store import PROBE_UPLOAD_TASK, ProbeUploadTask, UploadStore
@@ -34,8 +33,7 @@ def preprocess(**payload: object) -> None:
         clients.jobs.finish_preprocess(record.id)
         queue_stage(clients.celery, clients.jobs, record, "inference")
 
-    run_stage(clients, StageTask(PREPROCESS_TASK, PREPROCESS_QUEUE, task.model_dump()),
-              "preprocess", work)
+    run_stage(clients, task.job_id, PREPROCESS_QUEUE, "preprocess", work)
 
 
 @app.task(name=PROBE_UPLOAD_TASK)

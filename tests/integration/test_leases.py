@@ -6,9 +6,7 @@ import time
 import uuid
 
 from shared.job_store import JobStore
-from shared.leases import LeaseBook, StageTask, holder_is_dead, this_worker
-
-TASK = StageTask("tessera.infer", "infer.m", {"job_id": "job_x"})
+from shared.leases import LeaseBook, holder_is_dead, this_worker
 
 
 def _book(jobs: JobStore, seconds: float = 30) -> LeaseBook:
@@ -17,9 +15,9 @@ def _book(jobs: JobStore, seconds: float = 30) -> LeaseBook:
 
 def test_a_live_holder_keeps_its_lease_and_the_same_holder_may_retake_it(jobs: JobStore) -> None:
     book = _book(jobs)
-    assert book.acquire("job_1:inference", "otherhost/1", TASK) is None
-    assert book.acquire("job_1:inference", this_worker(), TASK) == "otherhost/1"
-    assert book.acquire("job_1:inference", "otherhost/1", TASK) is None
+    assert book.acquire("job_1:inference", "otherhost/1") is None
+    assert book.acquire("job_1:inference", this_worker()) == "otherhost/1"
+    assert book.acquire("job_1:inference", "otherhost/1") is None
 
 
 def test_a_dead_local_holder_is_taken_over_at_once(jobs: JobStore) -> None:
@@ -28,23 +26,23 @@ def test_a_dead_local_holder_is_taken_over_at_once(jobs: JobStore) -> None:
     dead = f"{this_worker().rpartition('/')[0]}/{finished.stdout.strip()}"
     assert holder_is_dead(dead)
     book = _book(jobs)
-    book.acquire("job_2:inference", dead, TASK)
-    assert book.acquire("job_2:inference", this_worker(), TASK) is None
+    book.acquire("job_2:inference", dead)
+    assert book.acquire("job_2:inference", this_worker()) is None
 
 
 def test_a_lapsed_lease_is_handed_to_exactly_one_sweeper(jobs: JobStore) -> None:
     book = _book(jobs, seconds=0.2)
-    book.acquire("job_3:inference", "otherhost/1", TASK)
+    book.acquire("job_3:inference", "otherhost/1")
     assert book.take_lapsed() == []
     time.sleep(0.3)
-    assert book.take_lapsed() == [TASK]
+    assert book.take_lapsed() == ["job_3:inference"]
     assert book.take_lapsed() == []
 
 
 def test_renewed_and_released_leases_do_not_lapse(jobs: JobStore) -> None:
     book = _book(jobs, seconds=0.3)
-    book.acquire("job_4:inference", this_worker(), TASK)
-    book.acquire("job_5:inference", this_worker(), TASK)
+    book.acquire("job_4:inference", this_worker())
+    book.acquire("job_5:inference", this_worker())
     time.sleep(0.2)
     book.renew(["job_4:inference"])
     book.release("job_5:inference", this_worker())
