@@ -3,16 +3,17 @@ schedule of due deliveries that the webhook worker polls."""
 
 import json
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 import redis
 from celery import Celery
 from opentelemetry import propagate
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from shared.job_store import utcnow
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.schemas import JobRecord, JobStatus, WebhookEventFilter
+from shared.settings import BaseServiceSettings
 
 WebhookEventType = Literal["job.started", "job.progress", "job.output", "job.succeeded",
                            "job.failed", "job.canceled", "job.expired"]
@@ -231,3 +232,31 @@ class DeliveryLedger:
         """Every delivery attempt made for a job, oldest first."""
         entries = cast(list[str], self.redis.lrange(self._log_key(job_id), 0, -1))
         return [DeliveryAttempt.model_validate_json(entry) for entry in entries]
+
+
+class WebhookScheduleSettings(BaseServiceSettings):
+    """The retry schedule of webhook deliveries: read by the webhook worker, and by the ingest
+    API, which keeps a job with a webhook at least until its last retry."""
+
+    WEBHOOK_TIMEOUT_SECONDS: float = Field(default=DEFAULT_TIMEOUT_SECONDS, gt=0)
+    WEBHOOK_MAX_ATTEMPTS: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    WEBHOOK_BACKOFF_BASE_SECONDS: float = Field(default=DEFAULT_BACKOFF_BASE_SECONDS, gt=0)
+    WEBHOOK_BACKOFF_MAX_SECONDS: float = Field(default=DEFAULT_BACKOFF_MAX_SECONDS, gt=0)
+    # A receiver's Retry-After is honoured up to this, so the retry horizon stays bounded.
+    WEBHOOK_RETRY_AFTER_MAX_SECONDS: float = Field(default=DEFAULT_RETRY_AFTER_MAX_SECONDS, ge=0)
+
+    def retry_horizon(self) -> float:
+        """Seconds from an event's first attempt to its last retry, at most."""
+        return retry_horizon_seconds(
+            max_attempts=self.WEBHOOK_MAX_ATTEMPTS, base=self.WEBHOOK_BACKOFF_BASE_SECONDS,
+            cap=self.WEBHOOK_BACKOFF_MAX_SECONDS,
+            retry_after_cap=self.WEBHOOK_RETRY_AFTER_MAX_SECONDS,
+            timeout=self.WEBHOOK_TIMEOUT_SECONDS)
+
+    @model_validator(mode="after")
+    def _retries_end_before_their_events_expire(self) -> Self:
+        horizon = self.retry_horizon()
+        if horizon > WEBHOOK_DATA_TTL_SECONDS:
+            raise ValueError(f"the retry schedule spans {horizon:.0f} s, longer than events are "
+                             f"kept ({WEBHOOK_DATA_TTL_SECONDS} s): lower the attempts or backoff")
+        return self

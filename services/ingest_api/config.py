@@ -7,11 +7,12 @@ from pydantic import Field
 from services.ingest_api.media_source_settings import MediaSourceSettings
 from shared.schemas import MediaKind
 from shared.settings import WebhookTargetSettings
+from shared.webhook_events import WebhookScheduleSettings
 
 MIB = 1024 * 1024
 
 
-class IngestSettings(MediaSourceSettings, WebhookTargetSettings):
+class IngestSettings(MediaSourceSettings, WebhookTargetSettings, WebhookScheduleSettings):
     """Settings of the ingest API."""
 
     OTEL_SERVICE_NAME: str = "ingest-api"

@@ -38,7 +38,6 @@ from shared.schemas import (
 from shared.ssrf import check_public_url
 from shared.tracing import current_trace_id
 from shared.upload_store import UploadStore
-from shared.webhook_events import retry_horizon_seconds
 
 tracer = trace.get_tracer(__name__)
 
@@ -244,7 +243,7 @@ def _retention(request: JobCreate, settings: IngestSettings) -> int:
     asked = request.retention_seconds or settings.RETENTION_SECONDS
     if request.webhook_url is None:
         return asked
-    return max(asked, math.ceil(retry_horizon_seconds()))
+    return max(asked, math.ceil(settings.retry_horizon()))
 
 
 def _check_backpressure(jobs: JobStore, model: str, settings: IngestSettings) -> None:
