@@ -6,6 +6,8 @@ WEBHOOK_QUEUE = "webhooks"
 PREPROCESS_TASK = "tessera.preprocess"
 INFERENCE_TASK = "tessera.infer"
 WEBHOOK_TASK = "tessera.deliver_webhook"
+# Reads a verified direct upload's headers; runs on the preprocess queue.
+PROBE_UPLOAD_TASK = "tessera.probe_upload"
 
 
 # Celery on Redis serves priority 0 first; interactive work goes ahead of batch work.

@@ -14,7 +14,6 @@ from shared.redis_documents import update_document
 from shared.schemas import MediaKind
 
 # The probe runs in the preprocessing workers (they have the media libraries), on their queue.
-PROBE_UPLOAD_TASK = "tessera.probe_upload"
 
 
 def upload_key(upload_id: str) -> str:

@@ -22,10 +22,9 @@ from shared.errors import ErrorCode, TesseraError
 from shared.job_store import utcnow
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
-from shared.queues import PREPROCESS_QUEUE
+from shared.queues import PREPROCESS_QUEUE, PROBE_UPLOAD_TASK
 from shared.schemas import MediaKind, MediaRef
 from shared.upload_store import (
-    PROBE_UPLOAD_TASK,
     MediaProbe,
     ProbeUploadTask,
     UploadError,

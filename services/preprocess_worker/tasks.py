@@ -6,9 +6,9 @@ from services.preprocess_worker.prepare import prepare_job
 from services.preprocess_worker.probe import probe_upload
 from shared.dispatch import queue_stage
 from shared.errors import JobCanceled
-from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK
+from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK, PROBE_UPLOAD_TASK
 from shared.schemas import JobRecord, PreprocessTask, Progress
-from shared.upload_store import PROBE_UPLOAD_TASK, ProbeUploadTask, UploadStore
+from shared.upload_store import ProbeUploadTask, UploadStore
 from shared.worker_runtime import process_clients, run_stage
 
 
