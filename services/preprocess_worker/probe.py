@@ -59,25 +59,23 @@ def probe_upload(*, upload_id: str, uploads: UploadStore, objects: ObjectStore,
                     "Create a new upload and try again; report the upload id if it happens "
                     "again."))
 
-    def ready(current: UploadRecord) -> UploadRecord | None:
-        if current.status is not UploadStatus.probing:
-            return None
-        current.status, current.probe = UploadStatus.ready, probe
-        return current
-
-    return uploads.update(upload_id, ready)
+    return _end_probe(upload_id, uploads, status=UploadStatus.ready, probe=probe)
 
 
 def _fail(upload_id: str, uploads: UploadStore, failure: UploadError) -> UploadRecord:
     """Mark a probing upload failed with failure (an upload no longer probing is kept)."""
+    return _end_probe(upload_id, uploads, status=UploadStatus.failed, error=failure)
 
-    def failed(current: UploadRecord) -> UploadRecord | None:
+
+def _end_probe(upload_id: str, uploads: UploadStore, **outcome: object) -> UploadRecord:
+    """Set the probe's outcome on an upload still probing (a redelivered probe changes none)."""
+
+    def end(current: UploadRecord) -> UploadRecord | None:
         if current.status is not UploadStatus.probing:
             return None
-        current.status, current.error = UploadStatus.failed, failure
-        return current
+        return current.model_copy(update=outcome)
 
-    return uploads.update(upload_id, failed)
+    return uploads.update(upload_id, end)
 
 
 def probe_media(data: bytes, kind: MediaKind, content_type: str, *,

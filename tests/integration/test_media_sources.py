@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,6 +35,17 @@ def media_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+def _wait_until_probed(stack: LocalStack, upload_id: str) -> dict[str, Any]:
+    """The upload once a preprocessing worker has probed it (it must not fail)."""
+    deadline = time.monotonic() + 60
+    upload: dict[str, Any]
+    while (upload := httpx.get(f"{stack.ingest_url}/v1/uploads/{upload_id}",
+                               headers=auth(stack)).json())["status"] != "ready":
+        assert upload["status"] == "probing" and time.monotonic() < deadline, upload
+        time.sleep(0.1)
+    return upload
 
 
 def test_a_job_can_take_its_image_from_a_url(stack: LocalStack, media_server: str) -> None:
@@ -68,11 +80,7 @@ def test_a_presigned_upload_becomes_the_input_of_a_job(
     completed = httpx.post(f"{stack.ingest_url}/v1/uploads/{upload_id}/complete",
                            headers=auth(stack), json={})
     assert completed.status_code == 200, completed.text
-    deadline = time.monotonic() + 30
-    while (upload := httpx.get(f"{stack.ingest_url}/v1/uploads/{upload_id}",
-                               headers=auth(stack)).json())["status"] != "ready":
-        assert upload["status"] == "probing" and time.monotonic() < deadline, upload
-        time.sleep(0.1)
+    upload = _wait_until_probed(stack, upload_id)
     assert (upload["probe"]["width"], upload["probe"]["height"]) == (500, 400)
 
     job = wait_terminal(stack, submit(stack, [], upload_ids=upload_id).json()["id"])
@@ -147,11 +155,7 @@ def test_a_multipart_upload_is_verified_probed_and_used_by_a_job(stack: LocalSta
     completed = httpx.post(f"{stack.ingest_url}/v1/uploads/{created['upload_id']}/complete",
                            headers=auth(stack), json={"parts": etags}, timeout=60)
     assert completed.status_code == 200, completed.text
-    deadline = time.monotonic() + 60
-    while (upload := httpx.get(f"{stack.ingest_url}/v1/uploads/{created['upload_id']}",
-                               headers=auth(stack)).json())["status"] != "ready":
-        assert upload["status"] == "probing" and time.monotonic() < deadline, upload
-        time.sleep(0.1)
+    upload = _wait_until_probed(stack, created["upload_id"])
     assert upload["probe"]["pages"] == 1
     job = wait_terminal(stack, submit(stack, [], upload_ids=created["upload_id"],
                                       max_tiles=2).json()["id"])
