@@ -8,12 +8,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install model demo run test lint typecheck clean
 
-$(STAMP): pyproject.toml client/pyproject.toml
+ENGINE_WHEELS := scripts/engine_wheels
+$(STAMP): pyproject.toml client/pyproject.toml $(ENGINE_WHEELS)/install_cpu.sh \
+		$(ENGINE_WHEELS)/lmdeploy-requirements.txt $(ENGINE_WHEELS)/surgery.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[api,preprocess,inference,webhook,dev]"
 	$(BIN)/pip install --quiet -e ./client
+	# LMDeploy (tested on the real package) and torchvision's transforms, CPU-safe.
+	PIP=$(BIN)/pip PYTHON=$(BIN)/python bash $(ENGINE_WHEELS)/install_cpu.sh
 	touch $@
 
 install: $(STAMP)

@@ -14,7 +14,7 @@ pip_download() {
     --platform manylinux_2_17_x86_64 --platform any -d "$OUT" "$@"
 }
 pip_download "lmdeploy==0.18.*"
-python scripts/gpu_check/strip_wheel.py "$OUT"/lmdeploy-*.whl
+python -m scripts.engine_wheels.surgery strip-turbomind "$OUT"/lmdeploy-*.whl
 # What LMDeploy's PyTorch engine, its vision preprocessing and api_server import, and what our
 # worker imports, minus what the machine has (torch, triton, transformers and its dependencies).
 pip_download -r scripts/gpu_check/requirements.txt
