@@ -17,8 +17,9 @@ from PIL import Image
 
 from benchmarks.timing import median_seconds, report
 from scripts.sample_media import encode_image, sample_image
-from services.preprocess_worker.tiling import plan_tiles, tile_image, tile_image_bytes
+from services.preprocess_worker.tiling import tile_image, tile_image_bytes
 from shared.pixels import IMAGENET_MEAN, IMAGENET_STD, TILE_SIZE, normalize_tiles
+from shared.tile_plan import plan_tiles
 
 WIDTH, HEIGHT = 4000, 3000
 

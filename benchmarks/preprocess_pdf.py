@@ -17,8 +17,9 @@ import numpy as np
 from benchmarks.timing import median_seconds
 from scripts.sample_media import sample_pdf
 from services.preprocess_worker.pages import render_pages
-from services.preprocess_worker.tiling import plan_tiles, tile_image
+from services.preprocess_worker.tiling import tile_image
 from shared.schemas import MediaOptions
+from shared.tile_plan import plan_tiles
 
 DPI = MediaOptions().dpi
 

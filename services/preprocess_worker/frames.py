@@ -14,9 +14,10 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
 
-from services.preprocess_worker.tiling import TilePlan, tile_image
+from services.preprocess_worker.tiling import tile_image
 from shared.errors import ErrorCode, TesseraError
 from shared.pixels import TILE_SIZE
+from shared.tile_plan import TilePlan
 
 # InternVL feeds each video frame as a single tile (max_num = 1): a 1x1 grid, no thumbnail.
 _FRAME_PLAN = TilePlan(cols=1, rows=1, thumbnail=False)

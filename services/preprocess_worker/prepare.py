@@ -13,13 +13,7 @@ from pydantic import TypeAdapter, ValidationError
 from services.preprocess_worker.config import PreprocessSettings
 from services.preprocess_worker.frames import sample_frames
 from services.preprocess_worker.pages import render_pages
-from services.preprocess_worker.tiling import (
-    TOKENS_PER_TILE,
-    TilePlan,
-    plan_tiles,
-    tile_image,
-    tile_image_bytes,
-)
+from services.preprocess_worker.tiling import tile_image, tile_image_bytes
 from shared.errors import JobCanceled
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import (
@@ -30,6 +24,7 @@ from shared.schemas import (
     PreparedInput,
     PreparedJob,
 )
+from shared.tile_plan import TOKENS_PER_TILE, TilePlan, plan_tiles
 
 # Part of every cache key: bump it when a change alters the tiles made from the same input and
 # options (resampling, decoding, frame choice), so no job is answered from stale tiles.

@@ -17,71 +17,11 @@ from services.preprocess_worker.decode import (
     upright_size,
 )
 from shared.pixels import TILE_SIZE, normalize_tiles
+from shared.tile_plan import TilePlan, canvas_size, plan_tiles
 
-TOKENS_PER_TILE = 256
-MAX_TILES_LIMIT = 40
 # Two resizes at once: the latency of one large image halves on an idle worker, and a busy
 # one (a process per core) loses next to nothing.
 _RESIZE_THREADS = 2
-
-
-@dataclass(frozen=True)
-class TilePlan:
-    """A grid of `cols` x `rows` tiles, plus a whole-image thumbnail tile when `thumbnail`."""
-
-    cols: int
-    rows: int
-    thumbnail: bool
-
-    @property
-    def num_tiles(self) -> int:
-        """How many 448x448 tiles the model sees for this image."""
-        return self.cols * self.rows + int(self.thumbnail)
-
-
-def plan_tiles(width: int, height: int, *, min_tiles: int = 1, max_tiles: int = 12) -> TilePlan:
-    """Choose the grid the reference code chooses for a `width` x `height` image."""
-    if not 1 <= min_tiles <= max_tiles <= MAX_TILES_LIMIT:
-        raise ValueError(f"need 1 <= min_tiles <= max_tiles <= {MAX_TILES_LIMIT}, got "
-                         f"min_tiles={min_tiles}, max_tiles={max_tiles}")
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    aspect = width / height
-    area = width * height
-    best_diff = float("inf")
-    best = (1, 1)
-    for cols, rows in _candidate_grids(min_tiles, max_tiles):
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best_diff = diff
-            best = (cols, rows)
-        elif diff == best_diff and area > 0.5 * TILE_SIZE * TILE_SIZE * cols * rows:
-            best = (cols, rows)
-    cols, rows = best
-    return TilePlan(cols=cols, rows=rows, thumbnail=cols * rows > 1)
-
-
-@cache
-def _candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
-    """All grids in the reference's order.
-
-    Built exactly as the reference builds it (a set of tuples, then a stable sort by tile count),
-    because within one tile count the set's iteration order decides exact ties. With
-    min_tiles > 1 that order can pick a different grid than a plain (cols, rows) loop would.
-    """
-    grids = set(
-        (i, j)
-        for n in range(min_tiles, max_tiles + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if min_tiles <= i * j <= max_tiles
-    )
-    return tuple(sorted(grids, key=lambda grid: grid[0] * grid[1]))
-
-
-def canvas_size(plan: TilePlan) -> tuple[int, int]:
-    """The (width, height) the whole image is resized to before it is cut into tiles."""
-    return TILE_SIZE * plan.cols, TILE_SIZE * plan.rows
 
 
 def tile_image(image: Image.Image, plan: TilePlan, *, exact: bool = True) -> npt.NDArray[np.uint8]:

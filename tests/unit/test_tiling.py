@@ -9,15 +9,9 @@ from PIL import Image
 from transformers import GotOcr2ImageProcessorPil
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from services.preprocess_worker.tiling import (
-    TOKENS_PER_TILE,
-    TilePlan,
-    image_to_pixel_values,
-    plan_tiles,
-    tile_image,
-    tile_image_bytes,
-)
+from services.preprocess_worker.tiling import image_to_pixel_values, tile_image, tile_image_bytes
 from shared.pixels import IMAGENET_MEAN, IMAGENET_STD, TILE_SIZE, normalize_tiles
+from shared.tile_plan import TOKENS_PER_TILE, TilePlan, plan_tiles
 
 S = TILE_SIZE
 # Widths and heights that cover slivers, small images, multiples of the tile and large photos.
