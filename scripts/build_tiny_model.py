@@ -12,39 +12,43 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
+    GotOcr2ImageProcessor,
     InternVLConfig,
     InternVLForConditionalGeneration,
+    InternVLProcessor,
+    InternVLVideoProcessor,
     InternVLVisionConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
 
+from shared.pixels import IMAGENET_MEAN, IMAGENET_STD, TILE_SIZE
+from shared.tile_plan import TOKENS_PER_TILE
+
 # Bump when anything below changes what is built, so ensure_tiny_model rebuilds stale copies.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 BUILD_INFO = "tiny_model.json"
 DEFAULT_OUT = Path(".models/tiny-internvl")
 
 SEED = 20240601
 VOCAB_SIZE = 1024
-MAX_POSITIONS = 4096
+# InternVL3's context: a default 32-frame video (8,192 visual tokens) or a few PDF pages fit.
+MAX_POSITIONS = 32768
+MAX_TILES = 12
 
 IMG_START, IMG_END, IMG_CONTEXT, VIDEO = "<img>", "</img>", "<IMG_CONTEXT>", "<video>"
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END, IMG_START, IMG_END, IMG_CONTEXT, VIDEO]
 
-DEFAULT_SYSTEM = "You are InternVL, a multimodal assistant."
-
-# ChatML as InternVL uses it; list contents follow the HF processor (image -> context token).
+# ChatML as HF-native InternVL checkpoints write it: no system message unless one is given
+# (the engines add the family's default). List contents follow the HF processor.
 CHAT_TEMPLATE = (
-    "{%- if messages and messages[0]['role'] == 'system' -%}"
-    "{%- set system = messages[0]['content'] -%}{%- set messages = messages[1:] -%}"
-    "{%- else -%}{%- set system = '" + DEFAULT_SYSTEM + "' -%}{%- endif -%}"
-    "{{- '<|im_start|>system\\n' + system + '<|im_end|>\\n' -}}"
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
     "{%- if message['content'] is string -%}{{- message['content'] -}}"
@@ -111,6 +115,19 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=MAX_POSITIONS,
         padding_side="left",
     )
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> InternVLProcessor:
+    """The HF-native InternVL processor a checkpoint ships (AutoProcessor, LMDeploy's and
+    vLLM's HF-native InternVL paths load it): InternVL's tiling, ImageNet mean and std."""
+    pixels: dict[str, Any] = {"size": {"height": TILE_SIZE, "width": TILE_SIZE},
+                              "image_mean": list(IMAGENET_MEAN),
+                              "image_std": list(IMAGENET_STD)}
+    return InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(crop_to_patches=True, min_patches=1,
+                                              max_patches=MAX_TILES, **pixels),
+        video_processor=InternVLVideoProcessor(**pixels), tokenizer=tokenizer,
+        image_seq_length=TOKENS_PER_TILE, chat_template=CHAT_TEMPLATE)
 
 
 def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
@@ -194,7 +211,7 @@ def build_tiny_model(out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     build_model(tokenizer).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    build_processor(tokenizer).save_pretrained(out_dir)  # the tokenizer's files too
     for path in out_dir.iterdir():
         path.chmod(0o644)  # the weights are written owner-only; workers may run as another user
     info = {

@@ -96,10 +96,17 @@ def test_settings_default_to_the_single_model_and_parse_a_model_list(
     assert (entry.name, entry.concurrency, entry.replicas) == ("InternVL3-1B", 8, 1)
 
 
-def test_tiny_checkpoint_plans_within_its_own_context(tiny_model_dir: Path) -> None:
-    entries = [ModelEntry(name="tiny-internvl", path=tiny_model_dir, concurrency=4)]
+def test_a_checkpoint_plans_within_its_own_context(tiny_model_dir: Path,
+                                                  tmp_path: Path) -> None:
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 4096  # below the default 8192
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(tiny_model_dir / "model.safetensors")
+    entries = [ModelEntry(name="short-context", path=tmp_path, concurrency=4)]
     plan, [worker] = build_workers(entries, parse_inventory("1x24"))
     assert plan is not None and worker.env["SESSION_LEN"] == "4096"
+    tiny = [ModelEntry(name="tiny-internvl", path=tiny_model_dir, concurrency=4)]
+    assert build_workers(tiny, parse_inventory("1x24"))[1][0].env["SESSION_LEN"] == "8192"
 
 
 def test_restarts_a_killed_worker_with_the_same_pinning(tmp_path: Path,
