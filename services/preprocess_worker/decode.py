@@ -5,7 +5,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.errors import ErrorCode, TesseraError
 
@@ -72,6 +72,9 @@ def reduce_while_decoding(image: Image.Image, size: tuple[int, int]) -> None:
 def load_rgb(image: Image.Image) -> Image.Image:
     """Decode an opened image to upright RGB (see decode_image), mapping damage to a code."""
     name = _FORMAT_NAMES.get(image.format or "", image.format or "image")
+    # A process-wide Pillow switch that some libraries turn on at import (LMDeploy's image
+    # loader does): with it, a truncated upload decodes silently with grey filling the gap.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         image.load()
         # In place: without an orientation tag this is free, where a copy is a full-size pass.

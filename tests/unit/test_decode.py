@@ -144,3 +144,14 @@ def test_decode_image_rejects_extreme_aspect_ratio() -> None:
     assert caught.value.code is ErrorCode.media_limits_exceeded
     assert "aspect ratio" in caught.value.message
     assert decode_image(encode(Image.new("RGB", (1990, 10)), "PNG")).size == (1990, 10)
+
+
+def test_truncated_jpeg_is_refused_even_when_a_library_allows_truncated_images(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as LMDeploy's import does
+    data = encode(Image.effect_noise((256, 256), 64).convert("RGB"), "JPEG")
+    with pytest.raises(TesseraError) as caught:
+        decode_image(data[: len(data) // 2])
+    assert caught.value.code is ErrorCode.decode_failed
