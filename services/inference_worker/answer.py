@@ -7,12 +7,13 @@ from datetime import datetime
 
 import numpy as np
 
-from services.inference_worker.engine import Engine, EngineImage, EngineRequest, Turn
+from services.inference_worker.engine import Engine, EngineImage, EngineOutput, EngineRequest, Turn
 from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import parse_output
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import (
+    ImageTiling,
     InputSummary,
     JobRecord,
     JobResult,
@@ -22,6 +23,7 @@ from shared.schemas import (
     StageTimings,
     TokenUsage,
 )
+from shared.tile_plan import TilePlan
 
 
 class PartialOutput:
@@ -85,18 +87,38 @@ def answer_job(*, record: JobRecord, manifest: PreparedJob, objects: ObjectStore
     output_json, json_valid = (parse_output(output.text, record.json_schema)
                                if record.json_schema is not None else (None, None))
     finished_at = utcnow()
+    inputs = seen_inputs(manifest, output, engine.limits.tokens_per_tile)
     return JobResult(
         job_id=record.id, model=record.model, text=output.text,
         finish_reason=output.finish_reason,
         usage=TokenUsage(prompt_tokens=output.prompt_tokens,
                          completion_tokens=output.completion_tokens,
-                         visual_tokens=sum(image.visual_tokens for item in manifest.inputs
+                         visual_tokens=sum(image.visual_tokens for item in inputs
                                            for image in item.images)),
-        inputs=[InputSummary(index=item.index, kind=item.kind, images=item.images)
-                for item in manifest.inputs],
+        inputs=inputs,
         timings=stage_timings(record.times, finished_at), engine=engine.name,
         created_at=finished_at, output_json=output_json, json_valid=json_valid,
         previous_job_id=record.previous_job_id)
+
+
+def seen_inputs(manifest: PreparedJob, output: EngineOutput,
+                tokens_per_tile: int) -> list[InputSummary]:
+    """What the model saw of each input: the engine's grid per image (the planned one unless the
+    engine re-tiled it) and the visual tokens those tiles became."""
+    planned = sum(len(item.images) for item in manifest.inputs)
+    if planned != len(output.seen):
+        raise ValueError(f"the engine reported {len(output.seen)} grids for {planned} images")
+    seen = iter(output.seen)
+    return [InputSummary(index=item.index, kind=item.kind,
+                         images=[_as_seen(image, next(seen), tokens_per_tile)
+                                 for image in item.images])
+            for item in manifest.inputs]
+
+
+def _as_seen(planned: ImageTiling, grid: TilePlan, tokens_per_tile: int) -> ImageTiling:
+    return planned.model_copy(update={
+        "cols": grid.cols, "rows": grid.rows, "thumbnail": grid.thumbnail,
+        "num_tiles": grid.num_tiles, "visual_tokens": grid.num_tiles * tokens_per_tile})
 
 
 def conversation_history(record: JobRecord, *, jobs: JobStore,

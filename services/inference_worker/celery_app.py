@@ -7,8 +7,10 @@ from celery.signals import worker_ready
 
 from services.inference_worker.config import get_settings
 from services.inference_worker.engine import Engine, load_engine
+from shared.job_store import utcnow
+from shared.model_cards import ModelCard, ModelCardStore
 from shared.queues import inference_queue
-from shared.worker_runtime import create_worker_app
+from shared.worker_runtime import create_worker_app, process_clients
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -22,8 +24,15 @@ def _load_engine() -> None:
     # Loaded once per process, after fork: CUDA contexts and model threads do not survive fork.
     global _engine
     started = time.perf_counter()
+    settings.pin_gpus()
     _engine = load_engine(settings.ENGINE, settings.MODEL_PATH, **settings.engine_options())
     _load_seconds.append(time.perf_counter() - started)
+    limits, bounds = _engine.limits, _engine.limits.tile_bounds
+    ModelCardStore(process_clients().jobs.redis, settings.KEY_PREFIX).publish(ModelCard(
+        name=settings.MODEL_NAME, engine=_engine.name, context_length=limits.context_length,
+        tokens_per_tile=limits.tokens_per_tile,
+        min_tiles=bounds.min_tiles if bounds else None,
+        max_tiles=bounds.max_tiles if bounds else None, updated_at=utcnow()))
 
 
 def process_engine() -> Engine:

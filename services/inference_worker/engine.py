@@ -1,4 +1,4 @@
-"""The engine interface (requests, outputs) and the user turn InternVL expects; no engine here."""
+"""The engine interface: requests, outputs and what an engine tells the rest of the system."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from shared.pixels import TILE_SIZE
 from shared.schemas import GenerationParams
+from shared.tile_plan import TileBounds, TilePlan
 
-TILE_SIZE = 448
-IMAGE_PLACEHOLDER = "<image>"
-
+EngineKind = Literal["transformers", "lmdeploy"]
 FinishReason = Literal["stop", "length", "canceled"]
 # Receives each new piece of the answer while it is being generated.
 OnText = Callable[[str], None]
@@ -42,6 +42,11 @@ class EngineImage:
                              f"{expected} tiles, got {self.tiles.shape[0]}")
 
     @property
+    def plan(self) -> TilePlan:
+        """The grid the tiles were cut in."""
+        return TilePlan(self.cols, self.rows, self.thumbnail)
+
+    @property
     def num_tiles(self) -> int:
         """Tiles the model sees for this image, thumbnail included."""
         return int(self.tiles.shape[0])
@@ -60,14 +65,15 @@ class Turn:
 class EngineRequest:
     """One question about zero or more images, with how to decode the answer.
 
-    `history` holds earlier turns, oldest first; `json_schema` asks for JSON output that
-    matches it, enforced by engines with guided decoding.
+    `history` holds earlier turns, oldest first; `system` replaces the model's default system
+    message; `json_schema` asks for JSON output that matches it (guided decoding).
     """
 
     question: str
     images: list[EngineImage]
     generation: GenerationParams
     history: tuple[Turn, ...] = ()
+    system: str | None = None
     json_schema: dict[str, Any] | None = None
     # Polled while generating; True stops this request early with finish_reason "canceled".
     should_stop: Callable[[], bool] | None = field(default=None, compare=False)
@@ -80,12 +86,27 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """The answer and its token counts; `finish_reason` says whether it ended or was cut."""
+    """The answer, its token counts, why it ended, and the grid the model saw of each image of
+    the request (its own turn, in order): the planned one unless the engine re-tiled it."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
+    seen: tuple[TilePlan, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """What jobs for this engine must respect, published in the model's card.
+
+    `tile_bounds` is None when any planned grid reaches the model as planned; otherwise the
+    engine re-tiles each image within these bounds, so jobs must be planned inside them.
+    """
+
+    context_length: int
+    tokens_per_tile: int
+    tile_bounds: TileBounds | None = None
 
 
 class Engine(Protocol):
@@ -93,42 +114,15 @@ class Engine(Protocol):
     arrive concurrently (the worker keeps many jobs in flight)."""
 
     name: str
+    limits: EngineLimits
 
     def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
         """Answer one request, handing on_text each new piece of text as it is generated."""
         ...
 
-
-def user_prompt(request: EngineRequest,
-                render_image: Callable[[EngineImage], str] | None = None) -> str:
-    """The user turn in InternVL's layout: a `label: <image>` line per image, then the question.
-
-    A lone unlabelled image gives `<image>\\n{question}`. `render_image` replaces the `<image>`
-    placeholder per image (an engine expands it into its image tokens).
-    """
-    return turn_prompt(request.question, request.images, render_image)
-
-
-def turn_prompt(question: str, images: Sequence[EngineImage],
-                render_image: Callable[[EngineImage], str] | None = None) -> str:
-    """One user turn: a `label: <image>` line per image, then the question."""
-    lines = []
-    for image in images:
-        placeholder = render_image(image) if render_image else IMAGE_PLACEHOLDER
-        lines.append(f"{image.label}: {placeholder}\n" if image.label else f"{placeholder}\n")
-    return "".join(lines) + question
-
-
-def chat_messages(request: EngineRequest,
-                  render_image: Callable[[EngineImage], str] | None = None) -> list[dict[str, str]]:
-    """The conversation as chat messages: earlier turns with their answers, then the question."""
-    messages = []
-    for turn in request.history:
-        messages.append({"role": "user",
-                         "content": turn_prompt(turn.question, turn.images, render_image)})
-        messages.append({"role": "assistant", "content": turn.answer})
-    messages.append({"role": "user", "content": user_prompt(request, render_image)})
-    return messages
+    def close(self) -> None:
+        """Stop the engine and free what it holds (GPU memory, threads)."""
+        ...
 
 
 def tokens_per_tile(image_size: int | Sequence[int], patch_size: int | Sequence[int],
@@ -142,8 +136,7 @@ def tokens_per_tile(image_size: int | Sequence[int], patch_size: int | Sequence[
     return round((side // patch) ** 2 * downsample_ratio**2)
 
 
-def load_engine(kind: Literal["transformers", "lmdeploy"], model_path: Path,
-                **options: Any) -> Engine:
+def load_engine(kind: EngineKind, model_path: Path, **options: Any) -> Engine:
     """Build the chosen engine on a local model directory, importing its library only now."""
     if kind == "transformers":
         from services.inference_worker.engine_transformers import TransformersEngine

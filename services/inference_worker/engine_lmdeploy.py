@@ -1,43 +1,59 @@
 """The GPU engine: an LMDeploy pipeline (TurboMind where it supports the model, else PyTorch).
 
 lmdeploy is imported only inside `LMDeployEngine`, so the pure mapping functions here (generation
-settings, image canvases and messages, backend choice, error classification) import and test
-without it.
+settings, canvases and messages, backend choice, error codes) import and test without it. Facts
+of LMDeploy 0.18 this module relies on (read in its source; tests pin each against the package):
+- engine configs are pydantic dataclasses: leave a field out rather than pass None for an int;
+- original `InternVLChatModel` checkpoints need `trust_remote_code=True`;
+- failures do not raise: a `Response` ends with finish_reason "error" and LMDeploy's
+  `error_code`/`error_message`;
+- a request is aborted through its session (`Session.abort`), not by leaving its iterator;
+- an image part is written `<img>…</img>\\n`, parts are joined with no separator;
+- original checkpoints tile each image under its own `max_dynamic_patch`; HF-native ones run
+  the checkpoint's processor with its own bounds on every image.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from services.inference_worker.checkpoint import Checkpoint, CheckpointTiling, read_checkpoint
 from services.inference_worker.engine import (
-    TILE_SIZE,
     EngineImage,
+    EngineLimits,
     EngineOutput,
     EngineRequest,
     FinishReason,
     OnText,
-    tokens_per_tile,
 )
+from services.inference_worker.prompt import TurnPart, conversation_parts
 from shared.errors import ErrorCode, TesseraError
+from shared.pixels import TILE_SIZE
 from shared.schemas import GenerationParams
+from shared.tile_plan import TilePlan
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 Backend = Literal["turbomind", "pytorch"]
 
-# Lower-cased fragments of LMDeploy error texts ("internal error happened, status code
-# ResponseType.INPUT_LENGTH_ERROR", CUDA's "out of memory", ...) and the code each one means.
-_OVERFLOW_MARKERS = ("input_length_error", "session_len", "session length", "context length",
-                     "exceed", "too long")
-_OOM_MARKERS = ("out of memory", "outofmemory", "out_of_memory", "oom")
-# Every other finish_reason ("error", "abort", None) is a failure.
+# LMDeploy's serving error codes (lmdeploy.serve.core.exceptions.ErrorCode values) and ours.
+_ERROR_CODES: dict[str, ErrorCode] = {
+    "context_length_exceeded": ErrorCode.context_overflow,
+    "invalid_request": ErrorCode.invalid_request,
+    "unsupported_feature": ErrorCode.invalid_request,
+    "preprocess_failed": ErrorCode.engine_error,
+    "request_conflict": ErrorCode.engine_error,
+    "engine_unavailable": ErrorCode.engine_error,
+    "internal_error": ErrorCode.engine_error,
+}
+# 0.18 folds TurboMind's OUT_OF_MEMORY status into a generic internal error; the engine keeps
+# it apart by giving that error this message (see _keep_out_of_memory_apart).
+OUT_OF_MEMORY_MESSAGE = "The engine ran out of GPU memory for this request (OUT_OF_MEMORY)."
+_OOM_MARKERS = ("out of memory", "out_of_memory", "outofmemory")
 _FINISHED: dict[str | None, FinishReason] = {"stop": "stop", "length": "length"}
 
 
@@ -48,6 +64,8 @@ class ResponseLike(Protocol):
     input_token_len: int
     generate_token_len: int
     finish_reason: str | None
+    error_code: str | None
+    error_message: str | None
 
 
 def generation_config_kwargs(params: GenerationParams,
@@ -57,9 +75,10 @@ def generation_config_kwargs(params: GenerationParams,
     kwargs: dict[str, Any] = {
         "max_new_tokens": params.max_new_tokens,
         "min_new_tokens": params.min_new_tokens,
-        "random_seed": params.seed,
         "skip_special_tokens": True,
     }
+    if params.seed is not None:
+        kwargs["random_seed"] = params.seed
     if json_schema is not None:
         kwargs["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "job_output", "schema": json_schema}}
@@ -88,46 +107,29 @@ def grid_canvas(image: EngineImage) -> Image:
     return PILImage.fromarray(np.ascontiguousarray(canvas))
 
 
-def build_messages(request: EngineRequest) -> list[dict[str, Any]]:
-    """The conversation as OpenAI-style messages with PIL images, in InternVL's layout.
+def seen_grid(image: EngineImage, tiling: CheckpointTiling) -> TilePlan:
+    """The grid LMDeploy's own tiling makes of the image's canvas (sent with its grid size as
+    `max_dynamic_patch`): the planned grid whenever the plan kept within the tiling's bounds."""
+    return tiling.grid(TILE_SIZE * image.cols, TILE_SIZE * image.rows, image.cols * image.rows)
 
-    LMDeploy writes each image part as `<img>…</img>\\n` and joins the parts, so a text part
-    `"{label}: "` before each labelled image reproduces `Image-1: <image>\\n…{question}`. Each
-    canvas carries `max_dynamic_patch = cols·rows`: LMDeploy's own tiling of a pre-sized canvas
-    then reproduces the grid (and makes its own thumbnail). Only the maximum can be set per
-    image (the minimum is the checkpoint's), and HF-native checkpoints ignore it (DESIGN §4).
+
+def build_messages(request: EngineRequest, default_system: str | None) -> list[dict[str, Any]]:
+    """The conversation as OpenAI-style messages with PIL canvases, in InternVL's layout.
+
+    Each canvas carries `max_dynamic_patch = cols·rows`, so an original checkpoint's tiling of
+    it reproduces the grid (and makes its own thumbnail, from the canvas); HF-native
+    checkpoints ignore it and apply their processor's bounds (`seen_grid` says what results).
     """
-    messages: list[dict[str, Any]] = []
-    for turn in request.history:
-        messages.append({"role": "user", "content": _user_content(turn.question, turn.images)})
-        messages.append({"role": "assistant", "content": turn.answer})
-    messages.append({"role": "user", "content": _user_content(request.question, request.images)})
-    return messages
+    return conversation_parts(request, default_system, _user_content)
 
 
-def _user_content(question: str, images: list[EngineImage]) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = []
-    for image in images:
-        if image.label:
-            content.append({"type": "text", "text": f"{image.label}: "})
-        content.append({"type": "image_data", "image_data": {
-            "data": grid_canvas(image), "max_dynamic_patch": image.cols * image.rows}})
-    content.append({"type": "text", "text": question})
-    return content
-
-
-def visual_tokens(request: EngineRequest, tokens_per_tile: int) -> int:
-    """Prompt tokens the images alone take: their tiles plus `<img>`/`</img>` per image."""
-    return sum(tokens_per_tile * image.num_tiles + 2 for image in request.all_images)
-
-
-def model_tokens_per_tile(model_path: Path) -> int:
-    """Visual tokens per tile from a checkpoint's config.json (original or HF-native InternVL)."""
-    config = json.loads((model_path / "config.json").read_text())
-    vision = config["vision_config"]
-    image_size = config.get("force_image_size") or vision["image_size"]
-    patch_size = vision["patch_size"]
-    return tokens_per_tile(image_size, patch_size, config["downsample_ratio"])
+def _user_content(parts: list[TurnPart]) -> str | list[dict[str, Any]]:
+    if all(isinstance(part, str) for part in parts):
+        return "".join(part for part in parts if isinstance(part, str))
+    return [{"type": "text", "text": part} if isinstance(part, str) else
+            {"type": "image_data", "image_data": {"data": grid_canvas(part),
+                                                  "max_dynamic_patch": part.cols * part.rows}}
+            for part in parts]
 
 
 def choose_backend(requested: Literal["turbomind", "pytorch", "auto"],
@@ -143,50 +145,58 @@ def choose_backend(requested: Literal["turbomind", "pytorch", "auto"],
     return "pytorch"
 
 
-def backend_config_kwargs(backend: Backend, *, tp: int, devices: list[int] | None,
-                          session_len: int | None, cache_max_entry_count: float,
-                          quant_policy: int, model_format: str | None,
-                          max_batch_size: int | None) -> dict[str, Any]:
-    """Keyword arguments for `TurbomindEngineConfig` or `PytorchEngineConfig`."""
-    if devices is not None and len(devices) != tp:
-        raise ValueError(f"devices {devices} must name exactly tp={tp} GPUs")
-    kwargs: dict[str, Any] = {
-        "tp": tp,
-        "session_len": session_len,
-        "cache_max_entry_count": cache_max_entry_count,
-        "quant_policy": quant_policy,
-        "max_batch_size": max_batch_size,
-    }
+def backend_config_kwargs(backend: Backend, *, tp: int, session_len: int | None,
+                          cache_max_entry_count: float, quant_policy: int,
+                          model_format: str | None, max_batch_size: int | None,
+                          ) -> dict[str, Any]:
+    """Keyword arguments for `TurbomindEngineConfig` or `PytorchEngineConfig`.
+
+    The process sees only its replica's GPUs (CUDA_VISIBLE_DEVICES, set before CUDA starts), so
+    TurboMind's devices are 0..tp-1 and the PyTorch engine needs none. Unset options are left
+    out: LMDeploy then picks its defaults (an explicit None is a validation error).
+    """
+    kwargs: dict[str, Any] = {"tp": tp, "cache_max_entry_count": cache_max_entry_count,
+                              "quant_policy": quant_policy}
+    if session_len is not None:
+        kwargs["session_len"] = session_len
+    if max_batch_size is not None:
+        kwargs["max_batch_size"] = max_batch_size
     if backend == "turbomind":
-        kwargs.update(devices=devices, model_format=model_format)
+        kwargs["devices"] = list(range(tp))
+        if model_format is not None:
+            kwargs["model_format"] = model_format
     elif model_format not in (None, "hf", "awq", "gptq"):
         # The PyTorch engine reads AWQ/GPTQ from the checkpoint; its model_format means e.g. fp8.
         kwargs["model_format"] = model_format
     return kwargs
 
 
-def classify_error(message: str) -> ErrorCode:
-    """The error code an LMDeploy failure text stands for."""
-    lowered = message.lower()
-    if any(marker in lowered for marker in _OOM_MARKERS):
-        return ErrorCode.out_of_memory
-    if any(marker in lowered for marker in _OVERFLOW_MARKERS):
-        return ErrorCode.context_overflow
-    return ErrorCode.engine_error
+def error_of(response: ResponseLike) -> TesseraError:
+    """Our error for a failed LMDeploy response, from its error code and message."""
+    message = response.error_message or f"finish_reason={response.finish_reason!r}"
+    code = _ERROR_CODES.get(response.error_code or "", ErrorCode.engine_error)
+    if any(marker in message.lower() for marker in _OOM_MARKERS):
+        code = ErrorCode.out_of_memory
+    return TesseraError(code, f"LMDeploy failed the request: {message}",
+                        lmdeploy_error_code=response.error_code,
+                        finish_reason=response.finish_reason)
 
 
-def to_output(response: ResponseLike, *, partial: bool = False) -> EngineOutput:
-    """An `EngineOutput` from an LMDeploy response; failures (which do not raise) become errors.
+def to_output(response: ResponseLike, seen: tuple[TilePlan, ...], *,
+              canceled: bool = False) -> EngineOutput:
+    """An `EngineOutput` from the last merged LMDeploy response; failures become errors.
 
-    A partial response (generation still running) has no finish reason yet.
+    A request we aborted ends "abort" (or, aborted before it reached the engine, "error" with
+    LMDeploy's `request_cancelled`): both mean canceled. Any other abort is LMDeploy's own.
     """
-    finish = "length" if partial else _FINISHED.get(response.finish_reason)
-    if finish is not None:
-        return EngineOutput(text=response.text, prompt_tokens=response.input_token_len,
-                            completion_tokens=response.generate_token_len, finish_reason=finish)
-    detail = response.text or f"finish_reason={response.finish_reason!r}"
-    raise TesseraError(classify_error(detail), f"LMDeploy failed the request: {detail}",
-                       finish_reason=response.finish_reason)
+    finish = _FINISHED.get(response.finish_reason)
+    if canceled and finish is None and response.finish_reason in ("abort", "error"):
+        finish = "canceled"
+    if finish is None:
+        raise error_of(response)
+    return EngineOutput(text=response.text, prompt_tokens=response.input_token_len,
+                        completion_tokens=response.generate_token_len, finish_reason=finish,
+                        seen=seen)
 
 
 class LMDeployEngine:
@@ -196,9 +206,10 @@ class LMDeployEngine:
 
     def __init__(self, model_path: Path, *,
                  backend: Literal["turbomind", "pytorch", "auto"] = "auto", tp: int = 1,
-                 devices: list[int] | None = None, session_len: int | None = None,
-                 cache_max_entry_count: float = 0.8, quant_policy: int = 0,
-                 model_format: str | None = None, max_batch_size: int | None = None) -> None:
+                 session_len: int | None = None, cache_max_entry_count: float = 0.8,
+                 quant_policy: int = 0, model_format: str | None = None,
+                 max_batch_size: int | None = None, vision_batch_size: int = 1,
+                 system_message: str | None = None) -> None:
         from lmdeploy import PytorchEngineConfig, TurbomindEngineConfig, VisionConfig, pipeline
         from lmdeploy.archs import autoget_backend
 
@@ -206,86 +217,87 @@ class LMDeployEngine:
         if not model_path.is_dir():
             # A non-directory would be taken for a hub name and downloaded.
             raise ValueError(f"{model_path} is not a local model directory")
-        chosen = choose_backend(
-            backend, backend != "pytorch" and autoget_backend(str(model_path)) == "turbomind")
+        checkpoint = read_checkpoint(model_path)
+        if checkpoint.tiling is None:
+            raise ValueError(f"{model_path} has no processor_config.json (or "
+                             "preprocessor_config.json): LMDeploy loads HF-native InternVL "
+                             "checkpoints' image processor with AutoProcessor")
+        self.checkpoint: Checkpoint = checkpoint
+        self.tiling: CheckpointTiling = checkpoint.tiling
+        # Original checkpoints (and InternLM2 tokenizers) ship their code beside the weights.
+        supported = (backend != "pytorch"
+                     and autoget_backend(str(model_path), trust_remote_code=True) == "turbomind")
+        self.backend: Backend = choose_backend(backend, supported)
         kwargs = backend_config_kwargs(
-            chosen, tp=tp, devices=devices, session_len=session_len,
+            self.backend, tp=tp, session_len=session_len,
             cache_max_entry_count=cache_max_entry_count, quant_policy=quant_policy,
             model_format=model_format, max_batch_size=max_batch_size)
-        if chosen == "pytorch" and devices is not None:
-            _pin_visible_devices(devices)
-        backend_config = (TurbomindEngineConfig(**kwargs) if chosen == "turbomind"
+        backend_config = (TurbomindEngineConfig(**kwargs) if self.backend == "turbomind"
                           else PytorchEngineConfig(**kwargs))
-        self.backend: Backend = chosen
-        self.tokens_per_tile = model_tokens_per_tile(model_path)
+        self.system_message = system_message
         self._pipe = pipeline(str(model_path), backend_config=backend_config,
-                              vision_config=VisionConfig())
-        self.session_len: int | None = getattr(self._pipe.backend_config, "session_len", None)
+                              vision_config=VisionConfig(max_batch_size=vision_batch_size),
+                              trust_remote_code=True)
+        _keep_out_of_memory_apart(self._pipe.async_engine)
+        self.limits = EngineLimits(context_length=int(self._pipe.async_engine.session_len),
+                                   tokens_per_tile=checkpoint.tokens_per_tile,
+                                   tile_bounds=self.tiling.bounds)
 
     def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
         """Answer one request, streaming its text; safe from any thread.
 
         The pipeline runs every request on its own event-loop thread, so calls from many
-        worker threads become concurrent requests that the engine batches continuously.
+        worker threads become concurrent requests that the engine batches continuously. A
+        request whose job asks to stop is aborted through its session, which frees its batch
+        slot and KV cache at once.
         """
-        self._check_fits(request)
         from lmdeploy import GenerationConfig
 
         config = GenerationConfig(**generation_config_kwargs(request.generation,
                                                              request.json_schema))
+        seen = tuple(seen_grid(image, self.tiling) for image in request.images)
+        session = self._pipe.session()
         merged: Any = None
+        aborted = False
         try:
-            for chunk in self._pipe.stream_infer(build_messages(request), gen_config=config):
+            for chunk in self._pipe.stream_infer(build_messages(request, self.system_message),
+                                                 sessions=session, gen_config=config):
                 if on_text is not None and chunk.text:
                     on_text(chunk.text)
                 merged = chunk if merged is None else merged.extend(chunk)
-                if request.should_stop is not None and request.should_stop():
-                    # Leaving the generator makes the pipeline abort this session.
-                    return replace(to_output(merged, partial=True), finish_reason="canceled")
-        except Exception as exc:  # LMDeploy raises for failures outside a running request
-            raise TesseraError(classify_error(str(exc)),
-                               f"LMDeploy failed the request: {exc}") from exc
-        return to_output(merged)
-
-    def generate_batch(self, requests: list[EngineRequest]) -> list[EngineOutput]:
-        """Answer several requests in one pipeline call, which the engine runs concurrently."""
-        for request in requests:
-            self._check_fits(request)
-        from lmdeploy import GenerationConfig
-
-        prompts = [build_messages(request) for request in requests]
-        configs = [GenerationConfig(**generation_config_kwargs(request.generation,
-                                                               request.json_schema))
-                   for request in requests]
-        try:
-            responses = self._pipe(prompts, gen_config=configs)
-        except Exception as exc:  # LMDeploy raises for failures outside a running request
-            raise TesseraError(classify_error(str(exc)),
-                               f"LMDeploy failed the request: {exc}") from exc
-        return [to_output(response) for response in responses]
+                if not aborted and request.should_stop is not None and request.should_stop():
+                    aborted = True
+                    session.abort()  # the stream then ends with finish_reason "abort"
+        finally:
+            # 0.18 keeps the session of a request refused before its session was bound (an
+            # uncompilable response_format, say); removing it again is harmless.
+            self._pipe.session_mgr.remove(session)
+        if merged is None:
+            raise TesseraError(ErrorCode.engine_error, "LMDeploy returned no response")
+        return to_output(merged, seen, canceled=aborted)
 
     def close(self) -> None:
         """Stop the engine and free its GPU memory."""
         self._pipe.close()
 
-    def _check_fits(self, request: EngineRequest) -> None:
-        visual = visual_tokens(request, self.tokens_per_tile)
-        if self.session_len is not None and visual >= self.session_len:
-            raise TesseraError(
-                ErrorCode.context_overflow,
-                f"The images alone need {visual} tokens but the engine's session holds "
-                f"{self.session_len}; send fewer tiles, frames or pages.",
-                visual_tokens=visual, session_len=self.session_len)
 
+def _keep_out_of_memory_apart(async_engine: Any) -> None:
+    """Make LMDeploy report TurboMind's OUT_OF_MEMORY status as such.
 
-def _pin_visible_devices(devices: list[int]) -> None:
-    """Make only `devices` visible to CUDA, which the PyTorch engine needs before CUDA starts."""
-    import torch
+    0.18 maps every failed status to a `RequestError` through `_request_error_from_status`,
+    turning OUT_OF_MEMORY into a generic internal error; this wraps that one mapping on this
+    engine only, so an OOM ends the job `out_of_memory` instead of a vague `engine_error`.
+    """
+    from lmdeploy.messages import ResponseType
+    from lmdeploy.serve.core.exceptions import ErrorCode as LMDeployErrorCode
+    from lmdeploy.serve.core.exceptions import RequestError
 
-    wanted = ",".join(str(device) for device in devices)
-    started = torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
-    if started and os.environ.get("CUDA_VISIBLE_DEVICES") != wanted:
-        raise RuntimeError(f"CUDA already started in this process; set CUDA_VISIBLE_DEVICES="
-                           f"{wanted} before the worker starts")
-    os.environ["CUDA_VISIBLE_DEVICES"] = wanted
+    original = async_engine._request_error_from_status
 
+    def request_error_from_status(status: ResponseType) -> RequestError:
+        if status == ResponseType.OUT_OF_MEMORY:
+            return RequestError(LMDeployErrorCode.INTERNAL_ERROR, OUT_OF_MEMORY_MESSAGE)
+        error: RequestError = original(status)
+        return error
+
+    async_engine._request_error_from_status = request_error_from_status

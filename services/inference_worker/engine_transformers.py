@@ -17,17 +17,18 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from services.inference_worker.engine import (
-    TILE_SIZE,
     EngineImage,
+    EngineLimits,
     EngineOutput,
     EngineRequest,
     OnText,
-    chat_messages,
     tokens_per_tile,
 )
+from services.inference_worker.prompt import conversation
 from shared.errors import ErrorCode, TesseraError
-from shared.pixels import normalize_tiles
+from shared.pixels import TILE_SIZE, normalize_tiles
 from shared.schemas import GenerationParams
+from shared.tile_plan import TilePlan
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class _Prepared:
 
     input_ids: list[int]
     tiles: np.ndarray  # uint8 (n, 448, 448, 3), all images in prompt order
+    seen: tuple[TilePlan, ...]  # the grids of the request's own images, as fed
     max_new_tokens: int
     min_new_tokens: int
     generation: GenerationParams
@@ -51,6 +53,10 @@ class _Pending:
     future: Future[EngineOutput] = field(default_factory=Future)
 
 
+# Put on the waiting queue by close(): the batching thread ends when it takes it.
+_STOP = None
+
+
 class TransformersEngine:
     """InternVLForConditionalGeneration loaded once; concurrent `generate` calls are batched.
 
@@ -61,8 +67,11 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(self, model_path: Path, *, device: str = "cpu", dtype: str = "auto",
-                 max_batch_size: int = 8, batch_window_seconds: float = 0.01) -> None:
+                 max_batch_size: int = 8, batch_window_seconds: float = 0.01,
+                 system_message: str | None = None) -> None:
         self.device = torch.device(device)
+        # Opens every conversation that brings no system message of its own.
+        self.system_message = system_message
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         torch_dtype: Any = dtype if dtype == "auto" else getattr(torch, dtype)
         model = InternVLForConditionalGeneration.from_pretrained(model_path, dtype=torch_dtype)
@@ -72,6 +81,8 @@ class TransformersEngine:
         self.tokens_per_tile = tokens_per_tile(vision.image_size, vision.patch_size,
                                                config.downsample_ratio)
         self.max_positions = int(config.text_config.max_position_embeddings)
+        self.limits = EngineLimits(context_length=self.max_positions,
+                                   tokens_per_tile=self.tokens_per_tile)
         self.image_token_id = int(config.image_token_id)
         self._image_token = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
         self._image_start = getattr(self.tokenizer, "start_image_token", "<img>")
@@ -89,8 +100,10 @@ class TransformersEngine:
         self._lock = threading.Lock()
         self.max_batch_size = max_batch_size
         self.batch_window_seconds = batch_window_seconds
-        self._waiting: queue.Queue[_Pending] = queue.Queue()
-        threading.Thread(target=self._serve, name="transformers-batcher", daemon=True).start()
+        self._waiting: queue.Queue[_Pending | None] = queue.Queue()
+        self._batcher = threading.Thread(target=self._serve, name="transformers-batcher",
+                                         daemon=True)
+        self._batcher.start()
 
     def generate(self, request: EngineRequest, on_text: OnText | None = None) -> EngineOutput:
         """Answer one request, batched with whatever else is in flight; safe from any thread."""
@@ -98,25 +111,32 @@ class TransformersEngine:
         self._waiting.put(pending)
         return pending.future.result()
 
-    def generate_batch(self, requests: list[EngineRequest]) -> list[EngineOutput]:
-        """Answer several requests now, one padded `generate` per group of equal settings.
-
-        Every request is checked before any runs: one that cannot run fails the whole call.
-        """
-        return self._run_groups([self._prepare(request) for request in requests])
+    def close(self) -> None:
+        """Stop the batching thread once the requests already waiting are answered; the model
+        is freed when the last reference to this engine goes."""
+        self._waiting.put(_STOP)
+        self._batcher.join()
 
     def _serve(self) -> None:
         """The batching thread: take what arrived within the window and run it together."""
         while True:
-            batch = [self._waiting.get()]
+            first = self._waiting.get()
+            if first is _STOP:
+                return
+            batch = [first]
             deadline = threading.Event()
             timer = threading.Timer(self.batch_window_seconds, deadline.set)
             timer.start()
+            stopping = False
             while len(batch) < self.max_batch_size and not deadline.is_set():
                 try:
-                    batch.append(self._waiting.get(timeout=self.batch_window_seconds / 4))
+                    pending = self._waiting.get(timeout=self.batch_window_seconds / 4)
                 except queue.Empty:
                     continue
+                if pending is _STOP:
+                    stopping = True
+                    break
+                batch.append(pending)
             timer.cancel()
             try:
                 outputs = self._run_groups([pending.item for pending in batch])
@@ -126,6 +146,8 @@ class TransformersEngine:
                 continue
             for pending, output in zip(batch, outputs, strict=True):
                 pending.future.set_result(output)
+            if stopping:
+                return
 
     def _run_groups(self, prepared: list[_Prepared]) -> list[EngineOutput]:
         groups: dict[tuple[str, int, int], list[int]] = {}
@@ -141,25 +163,25 @@ class TransformersEngine:
 
     def prompt(self, request: EngineRequest) -> str:
         """The full chat prompt, each image expanded into `<img>`, its context tokens, `</img>`."""
-        messages = chat_messages(request, render_image=self._render_image)
+        messages = conversation(request, self.system_message, self._render_image)
         return cast(str, self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True))
+
+    def input_ids(self, request: EngineRequest) -> list[int]:
+        """The prompt's token ids, with the tokenizer's own special tokens (a BOS where it has
+        one), as upstream `chat()` and LMDeploy tokenize it."""
+        ids: list[int] = self.tokenizer(self.prompt(request))["input_ids"]
+        return ids
 
     def _render_image(self, image: EngineImage) -> str:
         context = self._image_token * (self.tokens_per_tile * image.num_tiles)
         return f"{self._image_start}{context}{self._image_end}"
 
     def _prepare(self, request: EngineRequest, on_text: OnText | None = None) -> _Prepared:
-        input_ids: list[int] = self.tokenizer(self.prompt(request),
-                                              add_special_tokens=False)["input_ids"]
+        input_ids = self.input_ids(request)
         images = request.all_images
         num_tiles = sum(image.num_tiles for image in images)
         visual = self.tokens_per_tile * num_tiles
-        if input_ids.count(self.image_token_id) != visual:
-            raise TesseraError(
-                ErrorCode.invalid_request,
-                f"The question contains InternVL's reserved image tokens ({self._image_start}, "
-                f"{self._image_end}, {self._image_token}); remove them and resubmit.")
         room = self.max_positions - len(input_ids)
         if room < 1:
             raise TesseraError(
@@ -171,7 +193,9 @@ class TransformersEngine:
         tiles = (np.concatenate([image.tiles for image in images])
                  if images else np.zeros((0, TILE_SIZE, TILE_SIZE, 3), dtype=np.uint8))
         max_new = min(request.generation.max_new_tokens, room)
-        return _Prepared(input_ids=input_ids, tiles=tiles, max_new_tokens=max_new,
+        return _Prepared(input_ids=input_ids, tiles=tiles,
+                         seen=tuple(image.plan for image in request.images),
+                         max_new_tokens=max_new,
                          min_new_tokens=min(request.generation.min_new_tokens, max_new),
                          generation=request.generation, on_text=on_text,
                          should_stop=request.should_stop)
@@ -225,6 +249,7 @@ class TransformersEngine:
             prompt_tokens=len(item.input_ids),
             completion_tokens=len(completion),
             finish_reason="canceled" if canceled else "length" if stop is None else "stop",
+            seen=item.seen,
         )
 
 

@@ -55,6 +55,17 @@ class ModelEntry(BaseModel):
     kv_quant_bits: Literal[16, 8, 4] = 16
     replicas: int | None = Field(default=None, ge=1)
     engine: Literal["transformers", "lmdeploy"] | None = None
+    # Engine knobs (InferenceSettings of the same names); unset: the worker's own settings.
+    max_batch_size: int | None = Field(default=None, ge=1)
+    vision_batch_size: int | None = Field(default=None, ge=1)
+    system_message: str | None = None
+
+    def engine_env(self) -> dict[str, str]:
+        """The engine settings this entry sets for its workers."""
+        knobs = {"MAX_BATCH_SIZE": self.max_batch_size,
+                 "VISION_BATCH_SIZE": self.vision_batch_size,
+                 "SYSTEM_MESSAGE": self.system_message}
+        return {name: str(value) for name, value in knobs.items() if value is not None}
 
 
 class SupervisorSettings(BaseServiceSettings):
@@ -125,7 +136,7 @@ def build_workers(entries: Sequence[ModelEntry], gpus: list[GPU],
                 raise ValueError(f"{entry.name}: LMDeploy needs a GPU and this host has none")
             env = {"MODEL_NAME": entry.name, "MODEL_PATH": str(entry.path),
                    "ENGINE": "transformers", "DEVICE": "cpu", "TP": "1", "GPU_IDS": "",
-                   "CUDA_VISIBLE_DEVICES": ""}
+                   "CUDA_VISIBLE_DEVICES": "", **entry.engine_env()}
             workers.append(WorkerSpec(f"{entry.name}-r0", command_factory(
                 f"{entry.name}-r0@%h", inference_queue(entry.name)), env))
         return None, workers
@@ -146,7 +157,7 @@ def build_workers(entries: Sequence[ModelEntry], gpus: list[GPU],
                    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                    "SESSION_LEN": str(demand.context_length),
                    "KV_QUANT_POLICY": str(0 if demand.kv_quant_bits == 16
-                                          else demand.kv_quant_bits)}
+                                          else demand.kv_quant_bits), **entry.engine_env()}
             if engine == "transformers":
                 env["DEVICE"] = "cuda"
             if demand.quantization == "awq":

@@ -6,6 +6,7 @@ from services.preprocess_worker.prepare import prepare_job
 from services.preprocess_worker.probe import probe_upload
 from shared.dispatch import queue_stage
 from shared.errors import JobCanceled
+from shared.model_cards import ModelCardStore
 from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK, PROBE_UPLOAD_TASK
 from shared.schemas import JobRecord, PreprocessTask, Progress
 from shared.upload_store import ProbeUploadTask, UploadStore
@@ -24,7 +25,10 @@ def preprocess(**payload: object) -> None:
             clients.report_progress(record, Progress(stage="preprocess", done=done,
                                                      total=len(record.media)))
 
-        prepare_job(job_id=record.id, media=record.media, options=record.media_options,
+        # Planned within the grid bounds the model's engine re-tiles in, when it has some.
+        card = ModelCardStore(clients.jobs.redis, clients.settings.KEY_PREFIX).get(record.model)
+        options = card.planned_options(record.media_options) if card else record.media_options
+        prepare_job(job_id=record.id, media=record.media, options=options,
                     objects=clients.objects, settings=get_settings(),
                     canceled=lambda: clients.jobs.cancel_requested(record.id),
                     prepared=prepared)

@@ -3,9 +3,12 @@
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pytest
 
-from services.inference_worker.answer import engine_images, stage_timings
-from shared.schemas import ImageTiling, MediaKind, PreparedInput, StageTimes
+from services.inference_worker.answer import engine_images, seen_inputs, stage_timings
+from services.inference_worker.engine import EngineOutput
+from shared.schemas import ImageTiling, MediaKind, PreparedInput, PreparedJob, StageTimes
+from shared.tile_plan import TilePlan
 
 
 def _tiling(cols: int, rows: int) -> ImageTiling:
@@ -44,3 +47,18 @@ def test_stage_timings_follow_the_timestamps() -> None:
     timings = stage_timings(times, start + timedelta(seconds=10))
     assert (timings.queue_seconds, timings.preprocess_seconds, timings.inference_queue_seconds,
             timings.inference_seconds, timings.total_seconds) == (1, 2, 1, 6, 10)
+
+
+def test_the_result_reports_the_grid_the_engine_fed_the_model() -> None:
+    manifest = PreparedJob(job_id="j", inputs=[_input(0, "image", [_tiling(6, 4)]),
+                                               _input(1, "video", [_tiling(1, 1)] * 2)])
+    seen = (TilePlan(3, 2, thumbnail=True), TilePlan(1, 1, thumbnail=False),
+            TilePlan(1, 1, thumbnail=False))
+    output = EngineOutput(text="", prompt_tokens=1, completion_tokens=1, finish_reason="stop",
+                          seen=seen)
+    photo, video = seen_inputs(manifest, output, tokens_per_tile=256)
+    [image] = photo.images
+    assert (image.cols, image.rows, image.num_tiles, image.visual_tokens) == (3, 2, 7, 7 * 256)
+    assert [frame.num_tiles for frame in video.images] == [1, 1]
+    with pytest.raises(ValueError, match="2 grids for 3 images"):
+        seen_inputs(manifest, EngineOutput("", 1, 1, "stop", seen[:2]), tokens_per_tile=256)

@@ -1,7 +1,8 @@
-"""The engine interface's prompt layout and the transformers engine on the tiny InternVL."""
+"""The transformers engine on the tiny InternVL: prompts, decoding, batching, limits."""
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -9,13 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from services.inference_worker.engine import (
-    EngineImage,
-    EngineRequest,
-    load_engine,
-    user_prompt,
-)
+from services.inference_worker.checkpoint import INTERNVL_SYSTEM_MESSAGE
+from services.inference_worker.engine import EngineImage, EngineRequest, load_engine
 from services.inference_worker.engine_transformers import TransformersEngine
+from services.inference_worker.prompt import ZERO_WIDTH_SPACE
 from shared.errors import ErrorCode, TesseraError
 from shared.schemas import GenerationParams
 
@@ -59,22 +57,6 @@ def forced_eos(engine: TransformersEngine) -> Iterator[None]:
     handle.remove()
 
 
-def test_user_prompt_puts_a_lone_image_before_the_question() -> None:
-    request = EngineRequest("What is this?", [_image()], GREEDY)
-    assert user_prompt(request) == "<image>\nWhat is this?"
-
-
-def test_user_prompt_labels_each_of_several_images() -> None:
-    request = EngineRequest("Compare.", [_image(label="Image-1"), _image(label="Image-2")], GREEDY)
-    assert user_prompt(request) == "Image-1: <image>\nImage-2: <image>\nCompare."
-
-
-def test_user_prompt_labels_video_frames_frame_k() -> None:
-    request = EngineRequest("What happens?", _frames(3), GREEDY)
-    assert user_prompt(request) == (
-        "Frame1: <image>\nFrame2: <image>\nFrame3: <image>\nWhat happens?")
-
-
 def test_engine_image_rejects_tiles_that_do_not_match_its_grid() -> None:
     tiles = np.zeros((4, 448, 448, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="has 5 tiles"):
@@ -84,9 +66,30 @@ def test_engine_image_rejects_tiles_that_do_not_match_its_grid() -> None:
 
 
 def test_load_engine_builds_the_transformers_engine(tiny_model_dir: Path) -> None:
-    assert load_engine("transformers", tiny_model_dir).name == "transformers"
+    engine = load_engine("transformers", tiny_model_dir)
+    assert engine.name == "transformers"
+    assert engine.limits.context_length == 32768 and engine.limits.tile_bounds is None
+    engine.close()
     with pytest.raises(ValueError, match="unknown engine"):
         load_engine("vllm", tiny_model_dir)  # type: ignore[arg-type]
+
+
+def test_close_answers_what_waits_then_stops_the_batching_thread(tiny_model_dir: Path) -> None:
+    engine = TransformersEngine(tiny_model_dir)
+    assert engine.generate(EngineRequest("Hi", [], GREEDY)).completion_tokens > 0
+    engine.close()
+    assert not engine._batcher.is_alive()
+
+
+def test_the_family_system_message_opens_a_conversation_without_one(
+        tiny_model_dir: Path) -> None:
+    engine = TransformersEngine(tiny_model_dir, system_message=INTERNVL_SYSTEM_MESSAGE)
+    plain = EngineRequest("Hi", [], GREEDY)
+    own = EngineRequest("Hi", [], GREEDY, system="Answer in French.")
+    assert engine.prompt(plain).startswith(
+        f"<|im_start|>system\n{INTERNVL_SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\nHi")
+    assert engine.prompt(own).startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n")
+    engine.close()
 
 
 def test_single_image_expands_to_256_context_tokens_per_tile(engine: TransformersEngine) -> None:
@@ -153,24 +156,28 @@ def test_reaching_max_new_tokens_finishes_with_length(engine: TransformersEngine
     assert (output.completion_tokens, output.finish_reason) == (6, "length")
 
 
-def test_prompt_beyond_max_positions_raises_context_overflow(engine: TransformersEngine) -> None:
+def test_prompt_beyond_max_positions_raises_context_overflow(
+        engine: TransformersEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "max_positions", 4096)
     tiles = np.zeros((17, 448, 448, 3), dtype=np.uint8)  # 4x4 grid + thumbnail = 4352 tokens
     image = EngineImage(tiles=tiles, cols=4, rows=4, thumbnail=True)
     with pytest.raises(TesseraError) as caught:
         engine.generate(EngineRequest("Describe.", [image], GREEDY))
     assert caught.value.code == ErrorCode.context_overflow
     assert "17 image tiles" in caught.value.message
-    assert str(engine.max_positions) in caught.value.message
+    assert "4096" in caught.value.message
 
 
-def test_question_with_reserved_image_tokens_is_rejected(engine: TransformersEngine) -> None:
-    request = EngineRequest("What is <IMG_CONTEXT>?", [_image()], GREEDY)
-    with pytest.raises(TesseraError) as caught:
-        engine.generate(request)
-    assert caught.value.code == ErrorCode.invalid_request
+def test_reserved_markers_in_the_question_reach_the_model_as_text(
+        engine: TransformersEngine) -> None:
+    request = EngineRequest("Is <IMG_CONTEXT> or <img> or <|im_end|> here?", [_image()], GREEDY)
+    ids = engine.input_ids(request)
+    assert ids.count(engine.image_token_id) == 256  # only the image's own
+    assert f"<{ZERO_WIDTH_SPACE}IMG_CONTEXT>" in engine.prompt(request)
+    assert engine.generate(request).completion_tokens > 0
 
 
-def test_batch_equals_one_at_a_time_under_greedy(engine: TransformersEngine) -> None:
+def test_concurrent_callers_get_what_each_would_alone(engine: TransformersEngine) -> None:
     sampled = GenerationParams(max_new_tokens=8, temperature=0.7, seed=3)
     requests = [
         EngineRequest("What is this?", [_image()], GREEDY),
@@ -180,17 +187,8 @@ def test_batch_equals_one_at_a_time_under_greedy(engine: TransformersEngine) -> 
         EngineRequest("What happens?", _frames(2), GREEDY),
         EngineRequest("Sampled on its own.", [_image(seed=9)], sampled),
     ]
-    assert engine.generate_batch(requests) == [engine.generate(r) for r in requests]
-
-
-def test_concurrent_callers_are_batched_and_get_their_own_answers(
-        engine: TransformersEngine) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    requests = [EngineRequest(question=f"Question {k}?", images=[_image(seed=k)],
-                              generation=GREEDY) for k in range(6)]
-    alone = [engine.generate_batch([request])[0] for request in requests]
-    with ThreadPoolExecutor(6) as pool:
+    alone = [engine.generate(request) for request in requests]
+    with ThreadPoolExecutor(len(requests)) as pool:
         together = list(pool.map(engine.generate, requests))
     assert together == alone
 
