@@ -340,3 +340,28 @@ def test_the_engine_leaves_the_process_gpu_pinning_alone(tiny_model_dir: Path,
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     with _deploy(tiny_model_dir, tiny_model_dir):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+def test_original_checkpoints_may_run_their_own_code(original_dir: Path, tiny_model_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.18 defaults trust_remote_code to False, which loads a generic config for
+    InternVLChatModel checkpoints and the PyTorch engine dies on it."""
+    import lmdeploy
+    import lmdeploy.archs
+
+    calls: list[tuple[str, object]] = []
+    real_pipeline, real_autoget = lmdeploy.pipeline, lmdeploy.archs.autoget_backend
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        calls.append(("pipeline", kwargs.get("trust_remote_code")))
+        return real_pipeline(*args, **kwargs)
+
+    def autoget_backend(*args: Any, **kwargs: Any) -> Any:
+        calls.append(("autoget_backend", kwargs.get("trust_remote_code")))
+        return real_autoget(*args, **kwargs)
+
+    monkeypatch.setattr(lmdeploy, "pipeline", pipeline)
+    monkeypatch.setattr(lmdeploy.archs, "autoget_backend", autoget_backend)
+    with _deploy(original_dir, tiny_model_dir):
+        pass
+    assert calls == [("autoget_backend", True), ("pipeline", True)]
