@@ -12,9 +12,9 @@ from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Submission, Upload, retry_job, submit_job
 from shared.batch_store import BatchPublic, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
-from shared.http_api import JobStoreDep, ObjectStoreDep, OwnJobDep, SubmitterDep
-from shared.job_store import JobStore
-from shared.job_waits import preferred_wait, wait_until_finished
+from shared.http_api import JobStoreDep, JobWaitsDep, ObjectStoreDep, OwnJobDep, SubmitterDep
+from shared.job_waits import JobWaits, preferred_wait
+from shared.outages import OUTAGE_ERRORS
 from shared.schemas import (
     FileInput,
     GenerationParams,
@@ -91,7 +91,7 @@ class JobForm(GenerationParams, MediaOptions):
                               "description": "Finished within `Prefer: wait=N`."}})
 def create_job(form: Annotated[JobForm, Form()], response: Response, principal: SubmitterDep,
                settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
-               producer: ProducerDep,
+               waits: JobWaitsDep, producer: ProducerDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header()] = None) -> JobPublic:
     """Accept a job: 202 with the job object and its Location (200 if it finished within
@@ -102,7 +102,7 @@ def create_job(form: Annotated[JobForm, Form()], response: Response, principal: 
                                    for i, item in enumerate(form.files)},
                             principal=principal, idempotency_key=idempotency_key,
                             settings=settings, objects=objects, jobs=jobs, producer=producer)
-    return _answer(submission, prefer, response, jobs, settings)
+    return _answer(submission, prefer, response, waits, settings)
 
 
 @router.post("/chat/jobs", status_code=202, response_model=JobPublic,
@@ -111,7 +111,7 @@ def create_job(form: Annotated[JobForm, Form()], response: Response, principal: 
                               "description": "Finished within `Prefer: wait=N`."}})
 def create_chat_job(body: ChatJobCreate, response: Response, principal: SubmitterDep,
                     settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
-                    producer: ProducerDep,
+                    waits: JobWaitsDep, producer: ProducerDep,
                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                     prefer: Annotated[str | None, Header()] = None) -> JobPublic:
     """Like POST /v1/jobs, from `messages` with text, image_url, video_url and file parts
@@ -120,19 +120,26 @@ def create_chat_job(body: ChatJobCreate, response: Response, principal: Submitte
     submission = submit_job(request=request, files=files, principal=principal,
                             idempotency_key=idempotency_key, settings=settings,
                             objects=objects, jobs=jobs, producer=producer)
-    return _answer(submission, prefer, response, jobs, settings)
+    return _answer(submission, prefer, response, waits, settings)
 
 
-def _answer(submission: Submission, prefer: str | None, response: Response, jobs: JobStore,
+def _answer(submission: Submission, prefer: str | None, response: Response, waits: JobWaits,
             settings: IngestSettings) -> JobPublic:
-    """The accepted job: replay header, `Prefer: wait` honoured (200 when it ended), Location."""
+    """The accepted job: replay header, `Prefer: wait` honoured (200 when it ended), Location.
+
+    The job exists once this runs: if the wait fails (Redis lost meanwhile), the answer is the
+    202 the job already earned, so a client without an Idempotency-Key does not resubmit it.
+    """
     record = submission.record
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     wait = preferred_wait(prefer)
     if wait is not None:
-        record = wait_until_finished(jobs, record, wait)
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        try:
+            record = waits.until_finished(record, wait)
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+        except OUTAGE_ERRORS:
+            pass
         if record.status.terminal:
             response.status_code = 200
     job = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
