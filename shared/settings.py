@@ -19,12 +19,17 @@ class BaseServiceSettings(BaseSettings):
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     KEY_PREFIX: str = "tessera"
+    # How long an API waits for Redis to answer one command (a blocking read gets its block on
+    # top): a frozen Redis then fails requests with 503 instead of holding them.
+    REDIS_TIMEOUT_SECONDS: float = Field(default=3.0, gt=0)
 
     S3_ENDPOINT: str = "http://127.0.0.1:9000"
     S3_ACCESS_KEY: str = "minioadmin"
     S3_SECRET_KEY: SecretStr = SecretStr("minioadmin")
     S3_BUCKET: str = "tessera"
     S3_REGION: str = "us-east-1"
+    # How long to wait for S3 to accept a connection or to send the next bytes of an answer.
+    S3_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
 
     OTEL_SERVICE_NAME: str = "tessera"
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None

@@ -2,11 +2,12 @@
 
 from urllib.parse import urlsplit
 
+from celery import Celery
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest_api.body_limit import BodyLimit
-from services.ingest_api.config import get_settings
+from services.ingest_api.config import IngestSettings, get_settings
 from services.ingest_api.routes import router
 from services.ingest_api.upload_routes import get_media_source_settings
 from services.ingest_api.upload_routes import router as upload_router
@@ -20,7 +21,7 @@ def create_app() -> FastAPI:
     settings = get_settings()
     app = create_api(settings, title="Tessera ingest API",
                      description="Submit images, videos and PDFs with a prompt to InternVL.")
-    app.state.producer = create_celery_app("ingest_api", settings)
+    app.state.producer = _bounded_producer(settings)
     app.include_router(router)
     app.include_router(upload_router)
 
@@ -43,6 +44,20 @@ def create_app() -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"],
         expose_headers=["Location"], max_age=600)
     return app
+
+
+def _bounded_producer(settings: IngestSettings) -> Celery:
+    """The Celery producer, failing a publish to a frozen or lost broker within seconds (503)
+    instead of waiting on kombu's unbounded sockets."""
+    producer = create_celery_app("ingest_api", settings)
+    timeout = settings.REDIS_TIMEOUT_SECONDS
+    producer.conf.broker_transport_options = {
+        **producer.conf.broker_transport_options,
+        "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    producer.conf.broker_connection_timeout = timeout
+    producer.conf.task_publish_retry_policy = {
+        "max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+    return producer
 
 
 app = create_app()

@@ -39,6 +39,11 @@ from shared.upload_store import (
 # S3's rules: every part but the last at least 5 MiB; we list parts in one call (≤ 1000).
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 1000
+# A media type (RFC 6838) with optional parameters, in printable ASCII: it becomes an HTTP
+# header of the S3 upload, where other characters (CR, LF, non-Latin-1) are refused or worse.
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+MEDIA_TYPE_PATTERN = (rf"^{_TOKEN}/{_TOKEN}"
+                      r"""(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=([!#-~]+|"[ !#-~]*"))*$""")
 
 
 class UploadCreate(BaseModel):
@@ -49,7 +54,8 @@ class UploadCreate(BaseModel):
     filename: str = Field(min_length=1, max_length=255)
     size_bytes: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="Hex SHA-256 of the file")
-    content_type: str | None = Field(default=None, max_length=255)
+    content_type: str | None = Field(default=None, max_length=255, pattern=MEDIA_TYPE_PATTERN,
+                                     description="A media type such as video/mp4")
     parts: int | None = Field(default=None, ge=1, le=MAX_PARTS,
                               description="Upload in this many parts (multipart) instead of "
                                           "one PUT; every part but the last is at least 5 MiB")
