@@ -80,26 +80,26 @@ def submit_job(*, request: JobCreate, files: dict[str, Upload], principal: Princ
     if idempotency_key is None:
         return Submission(accept_job(request, checked, model, principal, settings, objects, jobs,
                                   producer), replayed=False)
-    # A first request holds its key while it is accepted, URL fetches included.
-    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX,
-                           pending_seconds=60 + settings.MAX_FILES
-                           * settings.URL_FETCH_TIMEOUT_SECONDS)
+    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
     digest = fingerprint(request.model_dump(mode="json"),
                          [(item.upload.filename, item.sha256) for item in checked.values()])
-    earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
-    if earlier is not None:
+    claim = keys.begin(principal.tenant_id, idempotency_key, digest)
+    if isinstance(claim, str):
         try:
-            return Submission(jobs.get(earlier), replayed=True)
+            return Submission(jobs.get(claim), replayed=True)
         except JobNotFound:
             raise TesseraError(ErrorCode.result_gone,
-                               f"This Idempotency-Key created job {earlier}, which was deleted "
+                               f"This Idempotency-Key created job {claim}, which was deleted "
                                "when its retention ended.") from None
-    try:
-        record = accept_job(request, checked, model, principal, settings, objects, jobs, producer)
-    except BaseException:
-        keys.abort(principal.tenant_id, idempotency_key)
-        raise
-    keys.finish(principal.tenant_id, idempotency_key, digest, record.id)
+    # Held while the job is accepted (URL fetches included) and renewed meanwhile.
+    with claim:
+        try:
+            record = accept_job(request, checked, model, principal, settings, objects, jobs,
+                                producer)
+        except BaseException:
+            claim.release()
+            raise
+        claim.finish(digest, record.id)
     return Submission(record, replayed=False)
 
 
