@@ -124,7 +124,7 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
                     raise _timed_out(url, timeout_seconds)
             final_url = str(response.url)
     except UrlNotAllowed as refused:
-        raise refused.error from None
+        raise _after_redirect(url, refused) from None
     except httpx.TimeoutException:
         raise _timed_out(url, timeout_seconds) from None
     except httpx.TooManyRedirects:
@@ -139,6 +139,16 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
         media_type = _sniff(url, file)
     return FetchedMedia(_filename(final_url), file, size, digest.hexdigest(), media_type,
                         final_url)
+
+
+def _after_redirect(url: str, refused: UrlNotAllowed) -> TesseraError:
+    """The refusal, saying so when it was a redirect's target that was refused."""
+    target = refused.request.url
+    if target == httpx.URL(url):
+        return refused.error
+    return TesseraError(refused.error.code,
+                        f"Fetching {url[:200]!r} was redirected to {str(target)[:200]!r}. "
+                        f"{refused.error.message}", **refused.error.details)
 
 
 def _sniff(url: str, file: BinaryIO) -> MediaType:
