@@ -122,6 +122,14 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
 }
 
 
+def format_size(size: int) -> str:
+    """A byte count as messages show it: exact, with a binary unit when that is shorter."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size:,} bytes ({size / scale:.4g} {unit})"
+    return f"{size:,} bytes"
+
+
 class TesseraError(Exception):
     """An error with a stable code; `message` tells a person what to do about it."""
 

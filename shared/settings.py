@@ -49,6 +49,10 @@ class BaseServiceSettings(BaseSettings):
     # Every API call needs a key (shared/auth.py); false serves everyone as tenant "public".
     AUTH_REQUIRED: bool = True
     RATE_LIMIT_PER_MINUTE: int = Field(default=600, ge=1)
+    # A request body must arrive at this average rate once BODY_GRACE_SECONDS have passed,
+    # or it is refused with 408: slow clients cannot hold connections open at will.
+    BODY_MIN_BYTES_PER_SECOND: int = Field(default=16 * 1024, ge=1)
+    BODY_GRACE_SECONDS: float = Field(default=10.0, ge=0)
 
     # A stage whose worker stops renewing its lease this long is re-queued (shared/leases.py).
     LEASE_SECONDS: float = Field(default=30.0, ge=1)

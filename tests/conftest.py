@@ -26,6 +26,8 @@ TEST_MAX_IMAGE_BYTES = 4 * 1024 * 1024
 IDLE_MODEL = "idle-internvl"
 # Quiet event streams of the test stack send a keep-alive this often (seconds).
 TEST_KEEPALIVE_SECONDS = 1.0
+# Request bodies slower than the minimum rate are cut this soon (seconds).
+TEST_BODY_GRACE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +99,8 @@ def stack(settings: BaseServiceSettings, tiny_model_dir: Path,
                    "URL_FETCH_ALLOWED_NETWORKS": "127.0.0.0/8", "URL_FETCH_ALLOW_HTTP": "true",
                    "MAX_IMAGE_BYTES": str(TEST_MAX_IMAGE_BYTES),
                    "SERVED_MODELS": f"tiny-internvl,{IDLE_MODEL}",
-                   "EVENTS_KEEPALIVE_SECONDS": str(TEST_KEEPALIVE_SECONDS)})
+                   "EVENTS_KEEPALIVE_SECONDS": str(TEST_KEEPALIVE_SECONDS),
+                   "BODY_GRACE_SECONDS": str(TEST_BODY_GRACE_SECONDS)})
     with local:
         yield local
 

@@ -6,11 +6,11 @@ from celery import Celery
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from services.ingest_api.body_limit import BodyLimit
 from services.ingest_api.config import IngestSettings, get_settings
 from services.ingest_api.routes import router
 from services.ingest_api.upload_routes import get_media_source_settings
 from services.ingest_api.upload_routes import router as upload_router
+from shared.body_limit import BodyLimit
 from shared.celery_factory import create_celery_app
 from shared.http_api import create_api
 from shared.schemas import WebhookPayload
@@ -33,7 +33,9 @@ def create_app() -> FastAPI:
     app.dependency_overrides[get_media_source_settings] = get_settings
 
     # Before the body is stored anywhere: by Content-Length up front, else while it is read.
-    app.add_middleware(BodyLimit, max_bytes=settings.MAX_REQUEST_BYTES)
+    app.add_middleware(BodyLimit, max_bytes_for=settings.body_limit,
+                       min_bytes_per_second=settings.BODY_MIN_BYTES_PER_SECOND,
+                       grace_seconds=settings.BODY_GRACE_SECONDS)
 
     # The web page is served by the results API (PUBLIC_BASE_URL) and posts jobs here. Added
     # last, so it is the outermost middleware and error answers carry CORS headers too.
