@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest_api.config import IngestSettings, get_settings
-from services.ingest_api.routes import router
+from services.ingest_api.routes import chat_router, router
 from services.ingest_api.upload_routes import get_media_source_settings
 from services.ingest_api.upload_routes import router as upload_router
 from shared.body_limit import BodyLimit
@@ -23,6 +23,7 @@ def create_app() -> FastAPI:
                      description="Submit images, videos and PDFs with a prompt to InternVL.")
     app.state.producer = _bounded_producer(settings)
     app.include_router(router)
+    app.include_router(chat_router)
     app.include_router(upload_router)
 
     @app.webhooks.post("job-event")

@@ -2,12 +2,13 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.batches import submit_batch
 from services.ingest_api.chat_input import ChatJobCreate, chat_to_job
 from services.ingest_api.config import IngestSettings
+from services.ingest_api.data_urls import DataUrlRoute
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Submission, Upload, retry_job, submit_job
 from shared.batch_store import BatchPublic, BatchStore, batch_public
@@ -21,6 +22,7 @@ from shared.schemas import (
     JobCreate,
     JobPublic,
     MediaOptions,
+    Metadata,
     Priority,
     UploadInput,
     UrlInput,
@@ -29,6 +31,8 @@ from shared.schemas import (
 from shared.webhook_events import TERMINAL_EVENTS, queue_event
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+# Chat bodies carry media as base64: decoded to temporary files while they stream in.
+chat_router = APIRouter(prefix="/v1", tags=["jobs"], route_class=DataUrlRoute)
 
 
 def form_file_name(index: int) -> str:
@@ -57,8 +61,9 @@ class JobForm(GenerationParams, MediaOptions):
         default=None, description="A JSON Schema (as a JSON string) the answer must match")
     previous_job_id: str | None = Field(
         default=None, description="A succeeded job whose conversation this job continues")
-    metadata: Json[dict[str, str]] | None = Field(
-        default=None, description="Up to 16 string pairs (a JSON object) to filter listings by")
+    metadata: Json[Metadata] | None = Field(
+        default=None, description="A JSON object of up to 16 string pairs to filter listings "
+        "by: keys of 1-64 characters, values of up to 512")
     priority: Priority = "interactive"
     queue_ttl_seconds: int | None = Field(
         default=None, ge=1, description="End the job as expired if it has not started by then")
@@ -105,19 +110,20 @@ def create_job(form: Annotated[JobForm, Form()], response: Response, principal: 
     return _answer(submission, prefer, response, waits, settings)
 
 
-@router.post("/chat/jobs", status_code=202, response_model=JobPublic,
-             summary="Submit a job in the OpenAI chat-message shape",
-             responses={200: {"model": JobPublic,
-                              "description": "Finished within `Prefer: wait=N`."}})
-def create_chat_job(body: ChatJobCreate, response: Response, principal: SubmitterDep,
-                    settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
+@chat_router.post("/chat/jobs", status_code=202, response_model=JobPublic,
+                  summary="Submit a job in the OpenAI chat-message shape",
+                  responses={200: {"model": JobPublic,
+                                   "description": "Finished within `Prefer: wait=N`."}})
+def create_chat_job(body: ChatJobCreate, request: Request, response: Response,
+                    principal: SubmitterDep, settings: SettingsDep,
+                    objects: ObjectStoreDep, jobs: JobStoreDep,
                     waits: JobWaitsDep, producer: ProducerDep,
                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                     prefer: Annotated[str | None, Header()] = None) -> JobPublic:
     """Like POST /v1/jobs, from `messages` with text, image_url, video_url and file parts
     (https or base64 data URLs, or completed uploads as file_id), kept in their order."""
-    request, files = chat_to_job(body)
-    submission = submit_job(request=request, files=files, principal=principal,
+    job, files = chat_to_job(body, request.state.data_urls)
+    submission = submit_job(request=job, files=files, principal=principal,
                             idempotency_key=idempotency_key, settings=settings,
                             objects=objects, jobs=jobs, producer=producer)
     return _answer(submission, prefer, response, waits, settings)
