@@ -242,9 +242,8 @@ def get_upload(*, upload_id: str, tenant_id: str, uploads: UploadStore) -> Uploa
     return record
 
 
-def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index: int,
-                          uploads: UploadStore, objects: ObjectStore) -> MediaRef:
-    """Copy a tenant's ready upload (server-side) to the job's index-th input."""
+def ready_upload(*, upload_id: str, tenant_id: str, uploads: UploadStore) -> UploadRecord:
+    """The tenant's upload with this id, refused unless it is ready to be used by a job."""
     record = get_upload(upload_id=upload_id, tenant_id=tenant_id, uploads=uploads)
     if record.status is not UploadStatus.ready or record.kind is None \
             or record.content_type is None:
@@ -253,6 +252,14 @@ def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index:
                            f"Upload {upload_id} is {record.status}, not ready{detail}. Complete "
                            "it and wait until GET /v1/uploads/{id} says ready.",
                            upload_id=upload_id)
+    return record
+
+
+def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index: int,
+                          uploads: UploadStore, objects: ObjectStore) -> MediaRef:
+    """Copy a tenant's ready upload (server-side) to the job's index-th input."""
+    record = ready_upload(upload_id=upload_id, tenant_id=tenant_id, uploads=uploads)
+    assert record.kind is not None and record.content_type is not None
     key = JobKeys(job_id).media(index)
     objects.copy(record.key, key)
     return MediaRef(index=index, kind=record.kind, key=key, filename=record.filename,
