@@ -92,11 +92,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         fields = [{"loc": list(item["loc"]), "message": item["msg"]} for item in error.errors()]
-        if any(item.get("type") == "json_invalid" for item in error.errors()):
+        # FastAPI reports a body that is no JSON at all at ("body", offset); a field that
+        # must hold JSON (a form's metadata) is an invalid field like any other.
+        unparsable = [item for item in error.errors() if item.get("type") == "json_invalid"
+                      and len(item["loc"]) == 2 and isinstance(item["loc"][1], int)]
+        if unparsable:
             return problem(TesseraError(ErrorCode.malformed_request,
                                         "The body is not valid JSON: "
-                                        + "; ".join(str(item.get("ctx", {}).get("error", ""))
-                                                    for item in error.errors())))
+                                        + str(unparsable[0].get("ctx", {}).get("error", ""))))
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['message']}" for f in fields)
         return problem(TesseraError(ErrorCode.invalid_request, summary, errors=fields))
 

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from services.ingest_api.config import IngestSettings, get_settings
+from services.ingest_api.openapi_limits import document_limits
 from services.ingest_api.routes import chat_router, router
 from services.ingest_api.upload_routes import get_media_source_settings
 from services.ingest_api.upload_routes import router as upload_router
@@ -32,6 +33,7 @@ def create_app() -> FastAPI:
         webhook-timestamp and webhook-signature (`v1,<base64>`, one per active secret).
         Answer 2xx within the timeout; 410 stops deliveries to the URL."""
     app.dependency_overrides[get_media_source_settings] = get_settings
+    document_limits(app, settings)
 
     # Before the body is stored anywhere: by Content-Length up front, else while it is read.
     app.add_middleware(BodyLimit, max_bytes_for=settings.body_limit,

@@ -94,7 +94,8 @@ class JobForm(GenerationParams, MediaOptions):
              summary="Submit media and a prompt; answers at once with the queued job",
              responses={200: {"model": JobPublic,
                               "description": "Finished within `Prefer: wait=N`."}})
-def create_job(form: Annotated[JobForm, Form()], response: Response, principal: SubmitterDep,
+def create_job(form: Annotated[JobForm, Form(media_type="multipart/form-data")],
+               response: Response, principal: SubmitterDep,
                settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
                waits: JobWaitsDep, producer: ProducerDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import WithJsonSchema
 
 from services.results_api.deps import SettingsDep
 from services.results_api.service import batch_result_lines, event_stream, finished_result
@@ -17,6 +18,9 @@ from shared.queue_position import queue_position, waiting_queue
 from shared.schemas import JobPublic, JobResult, JobsPublic, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+# A time in a query: ISO 8601, or Unix seconds (pydantic reads both, so the document says so).
+Instant = Annotated[datetime, WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]})]
 # The cursors list_jobs hands out: a creation time in seconds (float() also reads "nan",
 # "inf" and "1_0", which Redis refuses).
 CURSOR_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
@@ -26,7 +30,7 @@ CURSOR_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 def list_jobs(principal: ReaderDep, jobs: JobStoreDep, settings: SettingsDep,
               status: Annotated[list[JobStatus] | None, Query()] = None,
               model: str | None = None,
-              created_after: datetime | None = None, created_before: datetime | None = None,
+              created_after: Instant | None = None, created_before: Instant | None = None,
               metadata: Annotated[list[str] | None, Query(
                   description="key=value; repeat to require several")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
