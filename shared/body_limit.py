@@ -13,6 +13,8 @@ from shared.http_api import problem
 # cancel, retry, secret rotation): everything but media.
 SMALL_BODY_BYTES = 1024 * 1024
 _END_OF_BODY: Message = {"type": "http.request", "body": b"", "more_body": False}
+# The least time given to the next piece of a body that is behind the minimum rate.
+_LEAST_WAIT_SECONDS = 1.0
 
 
 class BodyLimit:
@@ -40,32 +42,41 @@ class BodyLimit:
             await problem(self._too_large(scope, f"is {format_size(int(length))}", limit))(
                 scope, receive, send)
             return
-        started = time.monotonic()
+        started: float | None = None
         seen = 0
+        body_done = False
         refusal: TesseraError | None = None
-        answered = False
+        response_started = answered = False
 
         async def guarded_receive() -> Message:
-            nonlocal seen, refusal
-            if refusal is not None:
-                return _END_OF_BODY
-            # The whole body so far must have come at the minimum rate, after the grace.
+            nonlocal started, seen, body_done, refusal
+            if body_done:
+                # The app waits for a disconnect (or reads on after a cut): no rate applies.
+                return await receive()
+            # Time runs from the app's first read: a body the app is slow to read is not late.
+            started = time.monotonic() if started is None else started
+            # The whole body so far must have come at the minimum rate, after the grace. A
+            # message already waiting is always taken (asyncio.wait_for with no time left
+            # would not even look).
             allowed = started + self.grace_seconds + seen / self.min_bytes_per_second
             try:
-                message = await asyncio.wait_for(receive(), max(allowed - time.monotonic(), 0))
+                message = await asyncio.wait_for(
+                    receive(), max(allowed - time.monotonic(), _LEAST_WAIT_SECONDS))
             except TimeoutError:
-                refusal = self._too_slow(seen, time.monotonic() - started)
+                refusal, body_done = self._too_slow(seen, time.monotonic() - started), True
                 return _END_OF_BODY
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             seen += len(message.get("body", b""))
             if seen > limit:
-                refusal = self._too_large(scope, f"is over {format_size(limit)} (it was cut "
-                                                 "there)", limit)
+                refusal, body_done = self._too_large(
+                    scope, f"is over {format_size(limit)} (it was cut there)", limit), True
                 return _END_OF_BODY
             return message
 
         async def guarded_send(message: Message) -> None:
-            nonlocal answered
-            if refusal is None:
+            nonlocal response_started, answered
+            if refusal is None or response_started:
+                response_started = response_started or message["type"] == "http.response.start"
                 await send(message)
             elif not answered:
                 answered = True

@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from services.ingest_api.media_source_settings import MediaSourceSettings
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.media_types import SNIFF_BYTES, MediaType, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import MediaKind, MediaRef
@@ -172,7 +172,7 @@ def _filename(url: str) -> str:
 
 def _too_large(url: str, limit: int) -> TesseraError:
     return TesseraError(ErrorCode.media_too_large,
-                        f"{url[:200]!r} is larger than the {limit / 2**20:g} MiB limit.",
+                        f"{url[:200]!r} is larger than the limit of {format_size(limit)}.",
                         limit_bytes=limit)
 
 

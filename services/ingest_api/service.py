@@ -18,7 +18,7 @@ from services.ingest_api.remote_media import media_ref_from_url
 from services.ingest_api.uploads import media_ref_from_upload, ready_upload
 from shared.auth import Principal
 from shared.dispatch import queue_stage
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
@@ -349,8 +349,9 @@ def _check_upload(upload: Upload, settings: IngestSettings) -> _CheckedUpload:
     limit = settings.max_bytes(media_type.kind)
     if size > limit:
         raise TesseraError(ErrorCode.media_too_large,
-                           f"{upload.filename!r} is larger than the {limit // 2**20} MiB limit for "
-                           f"a {media_type.kind}.", filename=upload.filename, limit_bytes=limit)
+                           f"{upload.filename!r} is {format_size(size)}; a {media_type.kind} may "
+                           f"be at most {format_size(limit)}.", filename=upload.filename,
+                           limit_bytes=limit)
     upload.file.seek(0)
     digest = hashlib.file_digest(upload.file, "sha256").hexdigest()  # type: ignore[arg-type]
     return _CheckedUpload(upload, media_type.kind, media_type.mime, size, digest)

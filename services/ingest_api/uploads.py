@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.ingest_api.media_source_settings import MediaSourceSettings
 from services.ingest_api.s3_uploads import DirectUploads
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.job_store import utcnow
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
@@ -123,8 +123,8 @@ def create_upload(*, request: UploadCreate, tenant_id: str, settings: MediaSourc
     largest = max(max_bytes(kind) for kind in get_args(MediaKind))
     if request.size_bytes > largest:
         raise TesseraError(ErrorCode.media_too_large,
-                           f"{request.filename!r} is {request.size_bytes} bytes; no media kind "
-                           f"allows more than {largest // 2**20} MiB.", limit_bytes=largest)
+                           f"{request.filename!r} is {format_size(request.size_bytes)}; no media "
+                           f"kind allows more than {format_size(largest)}.", limit_bytes=largest)
     part_size = math.ceil(request.size_bytes / (request.parts or 1))
     if request.parts not in (None, 1) and part_size < MIN_PART_BYTES:
         raise TesseraError(ErrorCode.invalid_request,
@@ -206,8 +206,8 @@ def complete_upload(*, upload_id: str, tenant_id: str, request: UploadComplete,
     if size > limit:
         _fail(record, verified_key, uploads, direct, TesseraError(
             ErrorCode.media_too_large,
-            f"{record.filename!r} is larger than the {limit // 2**20} MiB limit for a "
-            f"{media_type.kind}.", limit_bytes=limit))
+            f"{record.filename!r} is {format_size(size)}; a {media_type.kind} may be at most "
+            f"{format_size(limit)}.", limit_bytes=limit))
 
     def verified(current: UploadRecord) -> UploadRecord | None:
         if current.status is not UploadStatus.pending:
