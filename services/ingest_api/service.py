@@ -212,9 +212,9 @@ def discard_inputs(objects: ObjectStore, job_id: str) -> None:
     stopped it is the one to report)."""
     try:
         objects.delete_prefix(JobKeys(job_id).prefix)
-    except Exception:  # an outage: S3's lifecycle rules remove the orphans
-        logger.warning("could not delete the inputs of abandoned job %s", job_id,
-                       exc_info=True)
+    except Exception as error:  # an outage: S3's lifecycle rules remove the orphans
+        logger.warning("could not delete the inputs of abandoned job %s: %s", job_id,
+                       type(error).__name__)
 
 
 def queue_or_fail(producer: Celery, jobs: JobStore, record: JobRecord) -> None:
