@@ -146,7 +146,7 @@ def create_api(settings: BaseServiceSettings, *, title: str, description: str) -
                   lifespan=_lifespan(settings), responses=PROBLEM_RESPONSE)
     install_error_handlers(app)
     # Spans start on the global (proxy) provider, which the lifespan installs.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,livez")
 
     @app.get("/livez", include_in_schema=False)
     def livez() -> dict[str, str]:

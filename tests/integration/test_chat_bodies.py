@@ -55,6 +55,8 @@ def test_chat_metadata_is_bounded_in_keys_and_sizes(stack: LocalStack,
     response = _post(stack, _chat("https://example.com/a.mp4", metadata=metadata))
     assert response.status_code == status, response.text[:300]
     assert response.headers["content-type"] == "application/problem+json"
+    # Refused for its metadata, before the URL is even looked at.
+    assert ("metadata" if status == 422 else "apart from its media") in response.json()["detail"]
 
 
 def test_form_metadata_is_bounded_the_same_way(stack: LocalStack) -> None:
@@ -67,7 +69,10 @@ def test_form_metadata_is_bounded_the_same_way(stack: LocalStack) -> None:
 def test_chat_messages_and_parts_are_bounded(stack: LocalStack) -> None:
     many = {"messages": [{"role": "system", "content": "Be brief."}] * 40
             + [{"role": "user", "content": "Hi"}]}
-    assert _post(stack, json.dumps(many).encode()).status_code == 422
+    refused = _post(stack, json.dumps(many).encode())
+    assert refused.status_code == 422 and "body.messages: List should have at most 32" in \
+        refused.json()["detail"]
     parts = {"messages": [{"role": "user",
                            "content": [{"type": "text", "text": "x"}] * 200}]}
-    assert _post(stack, json.dumps(parts).encode()).status_code == 422
+    refused = _post(stack, json.dumps(parts).encode())
+    assert refused.status_code == 422 and "should have at most 128" in refused.json()["detail"]
