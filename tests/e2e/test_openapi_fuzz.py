@@ -36,5 +36,5 @@ def test_schemathesis_finds_nothing_the_openapi_document_does_not_allow(
          "--seed", "1", "--generation-database", "none", "--request-timeout", "30",
          "--header", f"Authorization: Bearer {fuzz_key}",
          "--report", "junit", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, check=False)
+        capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-2000:]
