@@ -79,6 +79,7 @@ class LocalStack:
             "KEY_PREFIX": self.key_prefix,
             "MODEL_PATH": str(self.model_path),
             "PUBLIC_BASE_URL": self.results_url,
+            "INGEST_PUBLIC_URL": self.ingest_url,
             "TRACING_FILE": str(self.work_dir / "traces.jsonl"),
             # A laptop's GPUs are not the system's to take unless configured.
             "GPU_INVENTORY": os.environ.get("GPU_INVENTORY", "none"),

@@ -31,6 +31,11 @@ class ErrorCode(StrEnum):
     upload_not_found = "upload_not_found"
     upload_not_ready = "upload_not_ready"
     upload_verification_failed = "upload_verification_failed"
+    not_found = "not_found"
+    method_not_allowed = "method_not_allowed"
+    malformed_request = "malformed_request"
+    request_timeout = "request_timeout"
+    service_unavailable = "service_unavailable"
     # Job failures, written by the worker that failed the job.
     decode_failed = "decode_failed"
     media_limits_exceeded = "media_limits_exceeded"
@@ -86,6 +91,16 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
         422, "The uploaded object does not match the declared size or sha256.", False),
     ErrorCode.webhook_event_not_found: ErrorInfo(404, "The job has no webhook event with this id.",
                                                  False),
+    ErrorCode.not_found: ErrorInfo(404, "No endpoint has this path; see /openapi.json.", False),
+    ErrorCode.method_not_allowed: ErrorInfo(
+        405, "This endpoint does not answer this HTTP method; see the Allow header.", False),
+    ErrorCode.malformed_request: ErrorInfo(
+        400, "The request body could not be parsed as its Content-Type says.", False),
+    ErrorCode.request_timeout: ErrorInfo(
+        408, "The request body arrived too slowly; send it again on a faster connection.", True),
+    ErrorCode.service_unavailable: ErrorInfo(
+        503, "A service Tessera depends on is unavailable; retry after the Retry-After seconds.",
+        True),
     ErrorCode.job_not_retryable: ErrorInfo(
         409, "Only failed, canceled or expired jobs can be retried.", False),
     ErrorCode.decode_failed: ErrorInfo(
@@ -105,6 +120,14 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
         504, "The job did not finish before its deadline.", True),
     ErrorCode.internal_error: ErrorInfo(500, "An internal error occurred.", True),
 }
+
+
+def format_size(size: int) -> str:
+    """A byte count as messages show it: exact, with a binary unit when that is shorter."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size:,} bytes ({size / scale:.4g} {unit})"
+    return f"{size:,} bytes"
 
 
 class TesseraError(Exception):

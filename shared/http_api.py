@@ -1,5 +1,6 @@
 """What both APIs share: clients opened in the lifespan, their dependencies, one error renderer."""
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -7,19 +8,26 @@ from typing import Annotated, Any
 
 import redis
 from anyio import to_thread
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
 from shared.auth import ApiKeyStore, Principal, Scope
 from shared.errors import ERRORS, ErrorCode, TesseraError
 from shared.job_store import JobGone, JobNotFound, JobStore
+from shared.job_waits import BLOCK_SLICE_SECONDS, JobWaits
 from shared.object_store import ObjectStore
+from shared.outages import OUTAGE_ERRORS, outage
+from shared.redis_clients import bounded_redis
 from shared.schemas import JobRecord
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_TYPE_BASE = "https://tessera.dev/errors/"
 # The documented error body: RFC 9457 problem details plus our stable code.
@@ -41,9 +49,15 @@ PROBLEM_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 def problem(error: TesseraError, headers: dict[str, str] | None = None) -> JSONResponse:
     """Render an error as problem details (with Retry-After when the error says when)."""
+    headers = dict(headers or {})
     retry_after = error.details.get("retry_after_seconds")
     if retry_after is not None:
-        headers = {**(headers or {}), "Retry-After": str(retry_after)}
+        headers["Retry-After"] = str(retry_after)
+    if error.code is ErrorCode.unauthorized:
+        # RFC 6750: name the scheme, and say when the token presented was the problem.
+        auth_error = error.details.get("auth_error")
+        headers["WWW-Authenticate"] = 'Bearer realm="tessera"' + (
+            f', error="{auth_error}"' if auth_error else "")
     body: dict[str, object] = {
         "type": PROBLEM_TYPE_BASE + error.code.value,
         "title": ERRORS[error.code].message,
@@ -56,8 +70,20 @@ def problem(error: TesseraError, headers: dict[str, str] | None = None) -> JSONR
                         media_type="application/problem+json")
 
 
+# The status of an HTTPException raised by the framework (routing, body parsing, security)
+# as one of our codes.
+_CODE_BY_STATUS = {
+    400: ErrorCode.malformed_request, 401: ErrorCode.unauthorized, 403: ErrorCode.forbidden,
+    404: ErrorCode.not_found, 405: ErrorCode.method_not_allowed,
+    408: ErrorCode.request_timeout, 413: ErrorCode.media_too_large,
+    415: ErrorCode.unsupported_media, 422: ErrorCode.invalid_request,
+    429: ErrorCode.rate_limited, 503: ErrorCode.service_unavailable,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every TesseraError and validation error as problem details."""
+    """Answer every error as problem details: ours, validation, the framework's own
+    HTTPExceptions, outages of Redis or S3 (503), and anything unexpected (500)."""
 
     async def on_tessera_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, TesseraError)
@@ -66,6 +92,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_validation_error(_: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, RequestValidationError)
         fields = [{"loc": list(item["loc"]), "message": item["msg"]} for item in error.errors()]
+        # FastAPI reports a body that is no JSON at all at ("body", offset); a field that
+        # must hold JSON (a form's metadata) is an invalid field like any other.
+        unparsable = [item for item in error.errors() if item.get("type") == "json_invalid"
+                      and len(item["loc"]) == 2 and isinstance(item["loc"][1], int)]
+        if unparsable:
+            return problem(TesseraError(ErrorCode.malformed_request,
+                                        "The body is not valid JSON: "
+                                        + str(unparsable[0].get("ctx", {}).get("error", ""))))
         summary = "; ".join(f"{'.'.join(map(str, f['loc']))}: {f['message']}" for f in fields)
         return problem(TesseraError(ErrorCode.invalid_request, summary, errors=fields))
 
@@ -76,9 +110,34 @@ def install_error_handlers(app: FastAPI) -> None:
                             for item in error.errors())
         return problem(TesseraError(ErrorCode.invalid_request, summary))
 
+    async def on_http_error(_: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, HTTPException)
+        code = _CODE_BY_STATUS.get(error.status_code, ErrorCode.invalid_request
+                                   if error.status_code < 500 else ErrorCode.internal_error)
+        # Only a 400 says more than its status (which parser refused the body, and why).
+        message = (f"The request body could not be parsed: {error.detail}"
+                   if error.status_code == 400 else None)
+        return problem(TesseraError(code, message), headers=dict(error.headers or {}))
+
+    async def on_outage(request: Request, error: Exception) -> JSONResponse:
+        unavailable = outage(error)
+        if unavailable is None:
+            raise error  # a bug, not an outage: logged, and answered by on_unexpected
+        logger.warning("%s %s: %s", request.method, request.url.path, unavailable.message)
+        return problem(unavailable)
+
+    async def on_unexpected(_: Request, error: Exception) -> JSONResponse:
+        # Starlette logs the exception itself after this answer.
+        return problem(TesseraError(ErrorCode.internal_error,
+                                    f"An internal error occurred ({type(error).__name__})."))
+
     app.add_exception_handler(TesseraError, on_tessera_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_model_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    for error_type in OUTAGE_ERRORS:
+        app.add_exception_handler(error_type, on_outage)
+    app.add_exception_handler(Exception, on_unexpected)
 
 
 def create_api(settings: BaseServiceSettings, *, title: str, description: str) -> FastAPI:
@@ -87,13 +146,38 @@ def create_api(settings: BaseServiceSettings, *, title: str, description: str) -
                   lifespan=_lifespan(settings), responses=PROBLEM_RESPONSE)
     install_error_handlers(app)
     # Spans start on the global (proxy) provider, which the lifespan installs.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,livez")
 
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
+    @app.get("/livez", include_in_schema=False)
+    def livez() -> dict[str, str]:
+        """The process answers (the liveness probe: a Redis outage must not restart it)."""
         return {"status": "ok"}
 
+    @app.get("/healthz", include_in_schema=False)
+    def healthz(request: Request) -> JSONResponse:
+        """200 when Redis and S3 answer; else 503 saying which does not (readiness)."""
+        checks = _dependency_checks(request.app.state.jobs.redis, request.app.state.objects)
+        if all(state == "ok" for state in checks.values()):
+            return JSONResponse({"status": "ok", "checks": checks})
+        down = ", ".join(name for name, state in checks.items() if state != "ok")
+        return problem(TesseraError(ErrorCode.service_unavailable,
+                                    f"This API cannot serve requests: {down} not answering.",
+                                    checks=checks, retry_after_seconds=5))
+
     return app
+
+
+def _dependency_checks(client: redis.Redis, objects: ObjectStore) -> dict[str, str]:
+    """"ok", or what went wrong, for each service the API needs."""
+    probes: dict[str, Callable[[], object]] = {
+        "redis": client.ping, "s3": lambda: objects.client.bucket_exists(objects.bucket)}
+    checks = {}
+    for name, probe in probes.items():
+        try:
+            checks[name] = "ok" if probe() else "missing"
+        except Exception as error:  # any failure means not ready
+            checks[name] = f"{type(error).__name__}: {error}"[:300]
+    return checks
 
 
 def _lifespan(
@@ -108,10 +192,15 @@ def _lifespan(
         app.state.settings = settings
         app.state.objects = ObjectStore(settings)
         app.state.objects.ensure_bucket()
-        app.state.jobs = JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX)
-        app.state.api_keys = ApiKeyStore(app.state.jobs.redis, settings.KEY_PREFIX)
+        commands = bounded_redis(settings.REDIS_URL, timeout_seconds=settings.REDIS_TIMEOUT_SECONDS)
+        blocking = bounded_redis(settings.REDIS_URL, timeout_seconds=settings.REDIS_TIMEOUT_SECONDS,
+                                 block_seconds=BLOCK_SLICE_SECONDS)
+        app.state.jobs = JobStore(commands, settings.KEY_PREFIX)
+        app.state.waits = JobWaits(app.state.jobs, JobStore(blocking, settings.KEY_PREFIX))
+        app.state.api_keys = ApiKeyStore(commands, settings.KEY_PREFIX)
         yield
-        app.state.jobs.redis.close()
+        commands.close()
+        blocking.close()
 
     return lifespan
 
@@ -128,22 +217,44 @@ def get_jobs(request: Request) -> JobStore:
     return store
 
 
+def get_waits(request: Request) -> JobWaits:
+    """Waits on job events, on the blocking Redis client opened at start-up."""
+    waits: JobWaits = request.app.state.waits
+    return waits
+
+
 ObjectStoreDep = Annotated[ObjectStore, Depends(get_objects)]
 JobStoreDep = Annotated[JobStore, Depends(get_jobs)]
+JobWaitsDep = Annotated[JobWaits, Depends(get_waits)]
+
+# Declared as security schemes in OpenAPI; the checks are ours (auto_error=False), so every
+# refusal is our problem body with a WWW-Authenticate challenge.
+_BEARER = HTTPBearer(auto_error=False, description="`Authorization: Bearer tsk_…`")
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False,
+                               description="The API key alone, instead of Authorization")
 
 
-def get_principal(request: Request,
-                  authorization: Annotated[str | None, Header()] = None,
-                  x_api_key: Annotated[str | None, Header()] = None) -> Principal:
-    """The caller, from `Authorization: Bearer <key>` or `X-API-Key`, within its rate limit."""
+def get_principal(
+        request: Request,
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        x_api_key: Annotated[str | None, Depends(_API_KEY_HEADER)]) -> Principal:
+    """The caller, from `Authorization: Bearer <key>` (scheme in any case, RFC 7235) or
+    `X-API-Key`, within its rate limit."""
     settings: BaseServiceSettings = request.app.state.settings
     if not settings.AUTH_REQUIRED:
         return ANONYMOUS
-    token = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    if bearer is None and x_api_key is None:
+        if "authorization" in request.headers:
+            raise TesseraError(ErrorCode.unauthorized,
+                               "The Authorization header must be `Bearer <key>`.",
+                               auth_error="invalid_request")
+        raise TesseraError(ErrorCode.unauthorized)
+    token = (x_api_key or (bearer.credentials if bearer else "")).strip()
     keys: ApiKeyStore = request.app.state.api_keys
     principal = keys.authenticate(token) if token else None
     if principal is None:
-        raise TesseraError(ErrorCode.unauthorized)
+        raise TesseraError(ErrorCode.unauthorized, "The API key is unknown or was revoked.",
+                           auth_error="invalid_token")
     _count_request(request.app.state.jobs.redis, settings, principal)
     return principal
 

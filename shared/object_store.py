@@ -1,11 +1,14 @@
 """The S3/MinIO adapter and the one place where object keys are derived from a job id."""
 
 import io
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
@@ -40,6 +43,18 @@ class JobKeys:
         return f"{self.prefix}result.json"
 
 
+def _http_client(timeout_seconds: float) -> urllib3.PoolManager:
+    """MinIO's own pool waits 5 minutes per read and retries 5 times: a frozen S3 would hold
+    a request for half an hour. Reads that timed out are not retried (the request may have
+    been applied); refused connections and 5xx answers are, twice."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=min(timeout_seconds, 5.0), read=timeout_seconds),
+        maxsize=32, cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2,
+                              status_forcelist=[500, 502, 503, 504]))
+
+
 class ObjectStore:
     """Bytes and JSON documents in one bucket."""
 
@@ -52,6 +67,7 @@ class ObjectStore:
             secret_key=settings.S3_SECRET_KEY.get_secret_value(),
             secure=endpoint.scheme == "https",
             region=settings.S3_REGION,
+            http_client=_http_client(settings.S3_TIMEOUT_SECONDS),
         )
 
     def ensure_bucket(self) -> None:

@@ -2,9 +2,9 @@
 
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, model_validator
 
 from shared.errors import ErrorCode
 
@@ -34,6 +34,12 @@ MediaKind = Literal["image", "video", "pdf"]
 Stage = Literal["ingest", "preprocess", "inference", "webhook"]
 # Which events a job's webhook receives besides the terminal one, which is always sent.
 WebhookEventFilter = Literal["started", "progress", "output"]
+# Labels a client attaches to a job to filter listings by: stored with every job and returned
+# by every listing, so bounded in count and size.
+MAX_METADATA_KEYS = 16
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=MAX_METADATA_KEYS)]
 
 
 class GenerationParams(BaseModel):
@@ -146,7 +152,7 @@ class JobCreate(BaseModel):
     json_schema: dict[str, Any] | None = None
     # Continue that job's conversation: its prompt, media and answer become the history.
     previous_job_id: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    metadata: Metadata = Field(default_factory=dict)
     priority: Priority = "interactive"
     # A job that has not started within this many seconds ends as expired.
     queue_ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)

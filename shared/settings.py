@@ -19,12 +19,17 @@ class BaseServiceSettings(BaseSettings):
 
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     KEY_PREFIX: str = "tessera"
+    # How long an API waits for Redis to answer one command (a blocking read gets its block on
+    # top): a frozen Redis then fails requests with 503 instead of holding them.
+    REDIS_TIMEOUT_SECONDS: float = Field(default=3.0, gt=0)
 
     S3_ENDPOINT: str = "http://127.0.0.1:9000"
     S3_ACCESS_KEY: str = "minioadmin"
     S3_SECRET_KEY: SecretStr = SecretStr("minioadmin")
     S3_BUCKET: str = "tessera"
     S3_REGION: str = "us-east-1"
+    # How long to wait for S3 to accept a connection or to send the next bytes of an answer.
+    S3_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
 
     OTEL_SERVICE_NAME: str = "tessera"
     OTEL_EXPORTER_OTLP_ENDPOINT: str | None = None
@@ -44,6 +49,10 @@ class BaseServiceSettings(BaseSettings):
     # Every API call needs a key (shared/auth.py); false serves everyone as tenant "public".
     AUTH_REQUIRED: bool = True
     RATE_LIMIT_PER_MINUTE: int = Field(default=600, ge=1)
+    # A request body must arrive at this average rate once BODY_GRACE_SECONDS have passed,
+    # or it is refused with 408: slow clients cannot hold connections open at will.
+    BODY_MIN_BYTES_PER_SECOND: int = Field(default=16 * 1024, ge=1)
+    BODY_GRACE_SECONDS: float = Field(default=10.0, ge=0)
 
     # A stage whose worker stops renewing its lease this long is re-queued (shared/leases.py).
     LEASE_SECONDS: float = Field(default=30.0, ge=1)

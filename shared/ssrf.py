@@ -75,7 +75,8 @@ def check_url_syntax(url: str, *, allow_http: bool = False) -> tuple[str, str, i
         raise _refused(url, f"it is not a valid URL ({error})") from None
     schemes = ("https", "http") if allow_http else ("https",)
     if parts.scheme.lower() not in schemes:
-        raise _refused(url, "only https:// URLs are accepted")
+        raise _refused(url, "only http:// and https:// URLs are accepted" if allow_http
+                       else "only https:// URLs are accepted")
     if parts.username is not None or parts.password is not None:
         raise _refused(url, "it carries credentials (user@host); put access tokens in the path "
                             "or query of a presigned URL instead")
@@ -128,6 +129,7 @@ def resolve_public(host: str, *, resolver: Resolver = system_resolver,
     if not addresses:
         raise TesseraError(ErrorCode.url_fetch_failed,
                            f"The host {host!r} has no addresses: check the URL.", host=host)
+    addresses = tuple(dict.fromkeys(connect_address(address) for address in addresses))
     for address in addresses:
         reason = refusal_reason(address, allowed_networks)
         if reason is not None:
@@ -141,14 +143,22 @@ def resolve_public(host: str, *, resolver: Resolver = system_resolver,
 
 def refusal_reason(address: IPAddress,
                    allowed_networks: Sequence[IPNetwork] = ()) -> str | None:
-    """Why an address may not be connected to, or None when it is public (or allowed)."""
+    """Why an address may not be connected to, or None when it is public (or allowed).
+
+    An IPv4-mapped address is its IPv4 address (that is where it connects). Other IPv6 forms
+    that embed an IPv4 address (6to4, Teredo, NAT64, IPv4-compatible) reach that host through
+    a relay or translator: they are refused when the IPv4 address is not public, whatever
+    `allowed_networks` admit, because the connection goes to the IPv6 address and not to the
+    allowed IPv4 one (2002:7f00:1:: is not loopback).
+    """
+    address = connect_address(address)
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     if any(address in network for network in allowed_networks):
         return None
     if isinstance(address, ipaddress.IPv6Address):
         embedded = _embedded_ipv4(address)
-        inner = None if embedded is None else refusal_reason(embedded, allowed_networks)
+        inner = None if embedded is None else refusal_reason(embedded)
         if inner is not None:
             return f"an IPv6 form of {embedded} ({inner})"
     checks: tuple[tuple[bool, str], ...] = (
@@ -164,10 +174,15 @@ def refusal_reason(address: IPAddress,
     return next((reason for refused, reason in checks if refused), None)
 
 
-def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv4-mapped, 6to4, Teredo, NAT64 or IPv4-compatible form carries."""
-    if address.ipv4_mapped is not None:
+def connect_address(address: IPAddress) -> IPAddress:
+    """The address a connection to address goes to: an IPv4-mapped one is its IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    return address
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a 6to4, Teredo, NAT64 or IPv4-compatible form carries."""
     if address.sixtofour is not None:
         return address.sixtofour
     if address.teredo is not None:
@@ -247,12 +262,17 @@ class PublicTransport(httpx.HTTPTransport):
         )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Refuse a disallowed scheme or host name before connecting (redirects included)."""
+        """Refuse a disallowed scheme or host name before connecting (redirects included);
+        a refusal carries the request it refused, so callers can tell a redirect's."""
         try:
-            check_url_syntax(str(request.url), allow_http=self._allow_http)
-        except TesseraError as error:
-            raise UrlNotAllowed(error) from None
-        return super().handle_request(request)
+            try:
+                check_url_syntax(str(request.url), allow_http=self._allow_http)
+            except TesseraError as error:
+                raise UrlNotAllowed(error) from None
+            return super().handle_request(request)
+        except UrlNotAllowed as refused:
+            refused.request = request
+            raise
 
 
 def public_client(*, allow_http: bool = False, resolver: Resolver = system_resolver,

@@ -22,6 +22,12 @@ from tests.webhook_receiver import WebhookReceiver
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Test stacks get small limits so the limit paths are cheap to exercise.
 TEST_MAX_IMAGE_BYTES = 4 * 1024 * 1024
+# A model the ingest API accepts but no worker serves: its jobs wait after preprocessing.
+IDLE_MODEL = "idle-internvl"
+# Quiet event streams of the test stack send a keep-alive this often (seconds).
+TEST_KEEPALIVE_SECONDS = 1.0
+# Request bodies slower than the minimum rate are cut this soon (seconds).
+TEST_BODY_GRACE_SECONDS = 2.0
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +97,10 @@ def stack(settings: BaseServiceSettings, tiny_model_dir: Path,
                    "LEASE_SECONDS": "3",
                    # Media URLs in tests are served from this machine.
                    "URL_FETCH_ALLOWED_NETWORKS": "127.0.0.0/8", "URL_FETCH_ALLOW_HTTP": "true",
-                   "MAX_IMAGE_BYTES": str(TEST_MAX_IMAGE_BYTES)})
+                   "MAX_IMAGE_BYTES": str(TEST_MAX_IMAGE_BYTES),
+                   "SERVED_MODELS": f"tiny-internvl,{IDLE_MODEL}",
+                   "EVENTS_KEEPALIVE_SECONDS": str(TEST_KEEPALIVE_SECONDS),
+                   "BODY_GRACE_SECONDS": str(TEST_BODY_GRACE_SECONDS)})
     with local:
         yield local
 

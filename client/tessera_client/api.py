@@ -27,7 +27,7 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "expired"})
 FileInput = str | os.PathLike[str] | tuple[str, bytes | IO[bytes]]
 # Called with (bytes sent, bytes in the whole request body).
 ProgressCallback = Callable[[int, int], None]
-# The server sends a keep-alive comment every EVENTS_POLL_SECONDS (15 s by default).
+# The server sends a keep-alive comment every EVENTS_KEEPALIVE_SECONDS (15 s by default).
 _STREAM_READ_TIMEOUT = 60.0
 _MAX_RECONNECT_DELAY = 5.0
 

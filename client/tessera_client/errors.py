@@ -52,7 +52,8 @@ class ConflictError(APIError):
 
 
 class RetryLaterError(APIError):
-    """A transient refusal (`rate_limited`, `queue_full`); wait `retry_after` seconds."""
+    """A transient refusal (`rate_limited`, `queue_full`, `service_unavailable`,
+    `request_timeout`); wait `retry_after` seconds."""
 
     @property
     def retry_after(self) -> float | None:
@@ -69,6 +70,7 @@ _BY_CODE: dict[str, type[APIError]] = {
     "unauthorized": AuthenticationError,
     "forbidden": AuthenticationError,
     "invalid_request": InvalidRequestError,
+    "malformed_request": InvalidRequestError,
     "unsupported_media": InvalidRequestError,
     "media_too_large": InvalidRequestError,
     "too_many_files": InvalidRequestError,
@@ -82,6 +84,8 @@ _BY_CODE: dict[str, type[APIError]] = {
     "idempotency_key_in_progress": RetryLaterError,
     "rate_limited": RetryLaterError,
     "queue_full": RetryLaterError,
+    "service_unavailable": RetryLaterError,
+    "request_timeout": RetryLaterError,
 }
 
 

@@ -1,13 +1,10 @@
 """Jobs in the OpenAI chat-message shape: text, image_url, video_url and file parts."""
 
-import base64
-import binascii
-import io
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
+from services.ingest_api.data_urls import DataUrlSpool
 from services.ingest_api.service import Upload
 from shared.errors import ErrorCode, TesseraError
 from shared.schemas import (
@@ -16,27 +13,31 @@ from shared.schemas import (
     InputRef,
     JobCreate,
     MediaOptions,
+    Metadata,
     Priority,
     UploadInput,
     UrlInput,
     WebhookEventFilter,
 )
 
-_DATA_URL = re.compile(r"^data:[^,;]*(?:;[^,;]*)*;base64,(?P<data>.*)$", re.DOTALL)
+# Messages of one body, and parts of one message: more cannot make a valid job (one user
+# message, at most MAX_FILES media parts) and each is held in memory while parsing.
+MAX_MESSAGES = 32
+MAX_PARTS = 128
 
 
 class MediaUrl(BaseModel):
     """`{"url": ...}`: an https URL or a base64 `data:` URL."""
 
-    url: str
+    url: str = Field(max_length=8192)
 
 
 class FileRef(BaseModel):
     """`{"file_id": ...}` (a completed upload) or `{"file_data": ..., "filename": ...}`."""
 
-    file_id: str | None = None
+    file_id: str | None = Field(default=None, max_length=128)
     file_data: str | None = None
-    filename: str | None = None
+    filename: str | None = Field(default=None, max_length=255)
 
 
 class ContentPart(BaseModel):
@@ -55,7 +56,7 @@ class ChatMessage(BaseModel):
     """A chat message; content is a string or a list of parts."""
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] = Field(max_length=MAX_PARTS)
 
 
 class ResponseFormat(BaseModel):
@@ -71,14 +72,14 @@ class ChatJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(default=None, ge=1, le=8192)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=8192)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     response_format: ResponseFormat | None = None
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=16)
+    metadata: Metadata = Field(default_factory=dict)
     webhook_url: HttpUrl | None = None
     webhook_events: list[WebhookEventFilter] = Field(default_factory=list)
     priority: Priority = "interactive"
@@ -88,8 +89,10 @@ class ChatJobCreate(BaseModel):
     media_options: MediaOptions = Field(default_factory=MediaOptions)
 
 
-def chat_to_job(body: ChatJobCreate) -> tuple[JobCreate, dict[str, Upload]]:
-    """The job request a chat body stands for, and the files its data URLs carried.
+def chat_to_job(body: ChatJobCreate,
+                data_urls: DataUrlSpool) -> tuple[JobCreate, dict[str, Upload]]:
+    """The job request a chat body stands for, and the files its data URLs carried (decoded
+    while the body was read, see data_urls.py).
 
     System text goes before the question; the user message's parts keep their order as the
     job's inputs. Earlier turns of a conversation are continued with previous_job_id.
@@ -107,7 +110,7 @@ def chat_to_job(body: ChatJobCreate) -> tuple[JobCreate, dict[str, Upload]]:
         if part.type == "text":
             texts.append(part.text or "")
             continue
-        item, upload = _input_of(part, position)
+        item, upload = _input_of(part, position, data_urls)
         inputs.append(item)
         if upload is not None and isinstance(item, FileInput):
             files[item.file] = upload
@@ -124,33 +127,35 @@ def chat_to_job(body: ChatJobCreate) -> tuple[JobCreate, dict[str, Upload]]:
     return request, files
 
 
-def _input_of(part: ContentPart, position: int) -> tuple[InputRef, Upload | None]:
+def _input_of(part: ContentPart, position: int,
+              data_urls: DataUrlSpool) -> tuple[InputRef, Upload | None]:
     """A non-text part as a job input (and the file a data URL or file_data carried)."""
     media = part.image_url or part.video_url
     if media is not None:
-        return _url_input(media.url, f"part-{position}", None)
+        return _url_input(media.url, f"part-{position}", None, data_urls)
     if part.file is not None and part.file.file_id is not None:
         return UploadInput(upload_id=part.file.file_id), None
     if part.file is not None and part.file.file_data is not None:
-        data = part.file.file_data
-        return _url_input(data if data.startswith("data:") else f"data:;base64,{data}",
-                          f"part-{position}", part.file.filename)
+        return _url_input(part.file.file_data, f"part-{position}", part.file.filename,
+                          data_urls)
     raise TesseraError(ErrorCode.invalid_request,
                        f"Content part {position} ({part.type}) carries no media: give its "
                        "url, file_id or file_data.")
 
 
-def _url_input(url: str, key: str, filename: str | None) -> tuple[InputRef, Upload | None]:
-    """An https URL as a URL input; a data: URL as an attached file named by its part."""
-    match = _DATA_URL.match(url)
-    if match is None:
+def _url_input(url: str, key: str, filename: str | None,
+               data_urls: DataUrlSpool) -> tuple[InputRef, Upload | None]:
+    """An https URL as a URL input; decoded base64 as an attached file named by its part."""
+    if not data_urls.is_reference(url):
+        if url.startswith("data:"):
+            raise TesseraError(ErrorCode.invalid_request,
+                               f"The data URL of {key} must be base64 (`data:<type>;base64,`).")
         return UrlInput(url=HttpUrl(url)), None
-    try:
-        data = base64.b64decode(match.group("data"), validate=True)
-    except (binascii.Error, ValueError):
+    decoded = data_urls.files[url]
+    if decoded.invalid is not None:
         raise TesseraError(ErrorCode.invalid_request,
-                           f"The data URL of {key} is not valid base64.") from None
-    return FileInput(file=key), Upload(filename or key, io.BytesIO(data))
+                           f"The data URL of {key} is not valid base64: {decoded.invalid}.")
+    return FileInput(file=key), Upload(filename or key, decoded.file)
 
 
 def _text_of(message: ChatMessage) -> str:

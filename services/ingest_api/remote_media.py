@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from services.ingest_api.media_source_settings import MediaSourceSettings
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.media_types import SNIFF_BYTES, MediaType, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
 from shared.schemas import MediaKind, MediaRef
@@ -124,7 +124,7 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
                     raise _timed_out(url, timeout_seconds)
             final_url = str(response.url)
     except UrlNotAllowed as refused:
-        raise refused.error from None
+        raise _after_redirect(url, refused) from None
     except httpx.TimeoutException:
         raise _timed_out(url, timeout_seconds) from None
     except httpx.TooManyRedirects:
@@ -139,6 +139,16 @@ def _download(client: httpx.Client, url: str, file: BinaryIO,
         media_type = _sniff(url, file)
     return FetchedMedia(_filename(final_url), file, size, digest.hexdigest(), media_type,
                         final_url)
+
+
+def _after_redirect(url: str, refused: UrlNotAllowed) -> TesseraError:
+    """The refusal, saying so when it was a redirect's target that was refused."""
+    target = refused.request.url
+    if target == httpx.URL(url):
+        return refused.error
+    return TesseraError(refused.error.code,
+                        f"Fetching {url[:200]!r} was redirected to {str(target)[:200]!r}. "
+                        f"{refused.error.message}", **refused.error.details)
 
 
 def _sniff(url: str, file: BinaryIO) -> MediaType:
@@ -162,7 +172,7 @@ def _filename(url: str) -> str:
 
 def _too_large(url: str, limit: int) -> TesseraError:
     return TesseraError(ErrorCode.media_too_large,
-                        f"{url[:200]!r} is larger than the {limit / 2**20:g} MiB limit.",
+                        f"{url[:200]!r} is larger than the limit of {format_size(limit)}.",
                         limit_bytes=limit)
 
 

@@ -2,25 +2,27 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 from pydantic import ConfigDict, Field, HttpUrl, Json
 
 from services.ingest_api.batches import submit_batch
 from services.ingest_api.chat_input import ChatJobCreate, chat_to_job
 from services.ingest_api.config import IngestSettings
+from services.ingest_api.data_urls import DataUrlRoute
 from services.ingest_api.deps import ProducerDep, SettingsDep
 from services.ingest_api.service import Submission, Upload, retry_job, submit_job
 from shared.batch_store import BatchPublic, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
-from shared.http_api import JobStoreDep, ObjectStoreDep, OwnJobDep, SubmitterDep
-from shared.job_store import JobStore
-from shared.job_waits import preferred_wait, wait_until_finished
+from shared.http_api import JobStoreDep, JobWaitsDep, ObjectStoreDep, OwnJobDep, SubmitterDep
+from shared.job_waits import JobWaits, preferred_wait
+from shared.outages import OUTAGE_ERRORS
 from shared.schemas import (
     FileInput,
     GenerationParams,
     JobCreate,
     JobPublic,
     MediaOptions,
+    Metadata,
     Priority,
     UploadInput,
     UrlInput,
@@ -29,6 +31,8 @@ from shared.schemas import (
 from shared.webhook_events import TERMINAL_EVENTS, queue_event
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+# Chat bodies carry media as base64: decoded to temporary files while they stream in.
+chat_router = APIRouter(prefix="/v1", tags=["jobs"], route_class=DataUrlRoute)
 
 
 def form_file_name(index: int) -> str:
@@ -57,8 +61,9 @@ class JobForm(GenerationParams, MediaOptions):
         default=None, description="A JSON Schema (as a JSON string) the answer must match")
     previous_job_id: str | None = Field(
         default=None, description="A succeeded job whose conversation this job continues")
-    metadata: Json[dict[str, str]] | None = Field(
-        default=None, description="Up to 16 string pairs (a JSON object) to filter listings by")
+    metadata: Json[Metadata] | None = Field(
+        default=None, description="A JSON object of up to 16 string pairs to filter listings "
+        "by: keys of 1-64 characters, values of up to 512")
     priority: Priority = "interactive"
     queue_ttl_seconds: int | None = Field(
         default=None, ge=1, description="End the job as expired if it has not started by then")
@@ -89,9 +94,10 @@ class JobForm(GenerationParams, MediaOptions):
              summary="Submit media and a prompt; answers at once with the queued job",
              responses={200: {"model": JobPublic,
                               "description": "Finished within `Prefer: wait=N`."}})
-def create_job(form: Annotated[JobForm, Form()], response: Response, principal: SubmitterDep,
+def create_job(form: Annotated[JobForm, Form(media_type="multipart/form-data")],
+               response: Response, principal: SubmitterDep,
                settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
-               producer: ProducerDep,
+               waits: JobWaitsDep, producer: ProducerDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                prefer: Annotated[str | None, Header()] = None) -> JobPublic:
     """Accept a job: 202 with the job object and its Location (200 if it finished within
@@ -102,37 +108,45 @@ def create_job(form: Annotated[JobForm, Form()], response: Response, principal: 
                                    for i, item in enumerate(form.files)},
                             principal=principal, idempotency_key=idempotency_key,
                             settings=settings, objects=objects, jobs=jobs, producer=producer)
-    return _answer(submission, prefer, response, jobs, settings)
+    return _answer(submission, prefer, response, waits, settings)
 
 
-@router.post("/chat/jobs", status_code=202, response_model=JobPublic,
-             summary="Submit a job in the OpenAI chat-message shape",
-             responses={200: {"model": JobPublic,
-                              "description": "Finished within `Prefer: wait=N`."}})
-def create_chat_job(body: ChatJobCreate, response: Response, principal: SubmitterDep,
-                    settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
-                    producer: ProducerDep,
+@chat_router.post("/chat/jobs", status_code=202, response_model=JobPublic,
+                  summary="Submit a job in the OpenAI chat-message shape",
+                  responses={200: {"model": JobPublic,
+                                   "description": "Finished within `Prefer: wait=N`."}})
+def create_chat_job(body: ChatJobCreate, request: Request, response: Response,
+                    principal: SubmitterDep, settings: SettingsDep,
+                    objects: ObjectStoreDep, jobs: JobStoreDep,
+                    waits: JobWaitsDep, producer: ProducerDep,
                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
                     prefer: Annotated[str | None, Header()] = None) -> JobPublic:
     """Like POST /v1/jobs, from `messages` with text, image_url, video_url and file parts
     (https or base64 data URLs, or completed uploads as file_id), kept in their order."""
-    request, files = chat_to_job(body)
-    submission = submit_job(request=request, files=files, principal=principal,
+    job, files = chat_to_job(body, request.state.data_urls)
+    submission = submit_job(request=job, files=files, principal=principal,
                             idempotency_key=idempotency_key, settings=settings,
                             objects=objects, jobs=jobs, producer=producer)
-    return _answer(submission, prefer, response, jobs, settings)
+    return _answer(submission, prefer, response, waits, settings)
 
 
-def _answer(submission: Submission, prefer: str | None, response: Response, jobs: JobStore,
+def _answer(submission: Submission, prefer: str | None, response: Response, waits: JobWaits,
             settings: IngestSettings) -> JobPublic:
-    """The accepted job: replay header, `Prefer: wait` honoured (200 when it ended), Location."""
+    """The accepted job: replay header, `Prefer: wait` honoured (200 when it ended), Location.
+
+    The job exists once this runs: if the wait fails (Redis lost meanwhile), the answer is the
+    202 the job already earned, so a client without an Idempotency-Key does not resubmit it.
+    """
     record = submission.record
     if submission.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     wait = preferred_wait(prefer)
     if wait is not None:
-        record = wait_until_finished(jobs, record, wait)
-        response.headers["Preference-Applied"] = f"wait={wait:g}"
+        try:
+            record = waits.until_finished(record, wait)
+            response.headers["Preference-Applied"] = f"wait={wait:g}"
+        except OUTAGE_ERRORS:
+            pass
         if record.status.terminal:
             response.status_code = 200
     job = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)

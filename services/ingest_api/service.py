@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import logging
 import math
 import uuid
 from dataclasses import dataclass
@@ -14,14 +15,15 @@ from opentelemetry import trace
 from services.ingest_api.config import IngestSettings
 from services.ingest_api.idempotency import IdempotencyKeys, fingerprint
 from services.ingest_api.remote_media import media_ref_from_url
-from services.ingest_api.uploads import media_ref_from_upload
+from services.ingest_api.uploads import media_ref_from_upload, ready_upload
 from shared.auth import Principal
 from shared.dispatch import queue_stage
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
+from shared.outages import RETRY_AFTER_SECONDS, outage
 from shared.queues import PREPROCESS_QUEUE, inference_queue, priority_lists
 from shared.schemas import (
     FileInput,
@@ -40,6 +42,7 @@ from shared.tracing import current_trace_id
 from shared.upload_store import UploadStore
 
 tracer = trace.get_tracer(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,26 +83,26 @@ def submit_job(*, request: JobCreate, files: dict[str, Upload], principal: Princ
     if idempotency_key is None:
         return Submission(accept_job(request, checked, model, principal, settings, objects, jobs,
                                   producer), replayed=False)
-    # A first request holds its key while it is accepted, URL fetches included.
-    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX,
-                           pending_seconds=60 + settings.MAX_FILES
-                           * settings.URL_FETCH_TIMEOUT_SECONDS)
+    keys = IdempotencyKeys(jobs.redis, settings.KEY_PREFIX)
     digest = fingerprint(request.model_dump(mode="json"),
                          [(item.upload.filename, item.sha256) for item in checked.values()])
-    earlier = keys.begin(principal.tenant_id, idempotency_key, digest)
-    if earlier is not None:
+    claim = keys.begin(principal.tenant_id, idempotency_key, digest)
+    if isinstance(claim, str):
         try:
-            return Submission(jobs.get(earlier), replayed=True)
+            return Submission(jobs.get(claim), replayed=True)
         except JobNotFound:
             raise TesseraError(ErrorCode.result_gone,
-                               f"This Idempotency-Key created job {earlier}, which was deleted "
+                               f"This Idempotency-Key created job {claim}, which was deleted "
                                "when its retention ended.") from None
-    try:
-        record = accept_job(request, checked, model, principal, settings, objects, jobs, producer)
-    except BaseException:
-        keys.abort(principal.tenant_id, idempotency_key)
-        raise
-    keys.finish(principal.tenant_id, idempotency_key, digest, record.id)
+    # Held while the job is accepted (URL fetches included) and renewed meanwhile.
+    with claim:
+        try:
+            record = accept_job(request, checked, model, principal, settings, objects, jobs,
+                                producer)
+        except BaseException:
+            claim.release()
+            raise
+        claim.finish(digest, record.id)
     return Submission(record, replayed=False)
 
 
@@ -137,47 +140,92 @@ def validate_request(request: JobCreate, files: dict[str, Upload], *, principal:
     if request.webhook_url is not None:
         check_public_url(str(request.webhook_url), allow_http=settings.allow_http,
                          allowed_networks=settings.allowed_networks)
+    _check_sources(request, principal, settings, jobs)
     return model, {name: _check_upload(files[name], settings) for name in sorted(named)}
+
+
+def _check_sources(request: JobCreate, principal: Principal, settings: IngestSettings,
+                   jobs: JobStore) -> None:
+    """Refuse upload inputs that are not ready and URLs that may not be fetched, before any
+    input is stored (the fetch checks the URL again, and every redirect)."""
+    uploads = UploadStore(jobs.redis, settings.KEY_PREFIX)
+    for item in request.inputs:
+        if isinstance(item, UploadInput):
+            ready_upload(upload_id=item.upload_id, tenant_id=principal.tenant_id,
+                         uploads=uploads)
+        elif isinstance(item, UrlInput):
+            check_public_url(str(item.url), allow_http=settings.URL_FETCH_ALLOW_HTTP,
+                             allowed_networks=settings.url_fetch_allowed_networks)
 
 
 def accept_job(request: JobCreate, checked: dict[str, "_CheckedUpload"], model: str,
                principal: Principal, settings: IngestSettings, objects: ObjectStore,
                jobs: JobStore, producer: Celery) -> JobRecord:
     """Store the media in input order, record the job and queue it."""
-    _check_backpressure(jobs, model, settings)
-    job_id = f"job_{uuid.uuid4().hex}"
+    check_backpressure(jobs, {model: 1}, settings)
+    job_id = new_job_id()
     with tracer.start_as_current_span("job.submit", attributes={"job.id": job_id}):
-        media = [_store_input(item, index, job_id, checked=checked, tenant_id=principal.tenant_id,
-                              settings=settings, objects=objects, jobs=jobs)
-                 for index, item in enumerate(request.inputs)]
-        now = utcnow()
-        record = JobRecord(id=job_id, tenant_id=principal.tenant_id,
-                           api_key_id=principal.key_id, status=JobStatus.queued, model=model,
-                           prompt=request.prompt,
-                           generation=request.generation, media_options=request.media_options,
-                           media=media, webhook_url=request.webhook_url,
-                           webhook_events=request.webhook_events,
-                           json_schema=request.json_schema,
-                           previous_job_id=request.previous_job_id,
-                           metadata=request.metadata, priority=request.priority,
-                           deadline_at=(now + timedelta(seconds=request.queue_ttl_seconds)
-                                        if request.queue_ttl_seconds else None),
-                           retention_seconds=_retention(request, settings),
-                           trace_id=current_trace_id(), times=StageTimes(created_at=now),
-                           updated_at=now)
+        record = prepare_job(job_id, request, checked, model, principal, settings, objects,
+                             jobs)
         jobs.create(record)
-        _queue_or_fail(producer, jobs, record)
+        queue_or_fail(producer, jobs, record)
     return record
 
 
-def _queue_or_fail(producer: Celery, jobs: JobStore, record: JobRecord) -> None:
+def new_job_id() -> str:
+    """A fresh job id."""
+    return f"job_{uuid.uuid4().hex}"
+
+
+def prepare_job(job_id: str, request: JobCreate, checked: dict[str, "_CheckedUpload"],
+                model: str, principal: Principal, settings: IngestSettings,
+                objects: ObjectStore, jobs: JobStore) -> JobRecord:
+    """Store a new job's inputs (files put, uploads copied, URLs fetched) and build its record,
+    not stored yet; if an input fails, the inputs stored so far are deleted."""
+    try:
+        media = [_store_input(item, index, job_id, checked=checked,
+                              tenant_id=principal.tenant_id, settings=settings,
+                              objects=objects, jobs=jobs)
+                 for index, item in enumerate(request.inputs)]
+    except BaseException:
+        discard_inputs(objects, job_id)
+        raise
+    now = utcnow()
+    return JobRecord(id=job_id, tenant_id=principal.tenant_id,
+                     api_key_id=principal.key_id, status=JobStatus.queued, model=model,
+                     prompt=request.prompt,
+                     generation=request.generation, media_options=request.media_options,
+                     media=media, webhook_url=request.webhook_url,
+                     webhook_events=request.webhook_events,
+                     json_schema=request.json_schema,
+                     previous_job_id=request.previous_job_id,
+                     metadata=request.metadata, priority=request.priority,
+                     deadline_at=(now + timedelta(seconds=request.queue_ttl_seconds)
+                                  if request.queue_ttl_seconds else None),
+                     retention_seconds=_retention(request, settings),
+                     trace_id=current_trace_id(), times=StageTimes(created_at=now),
+                     updated_at=now)
+
+
+def discard_inputs(objects: ObjectStore, job_id: str) -> None:
+    """Delete what was stored for a job that will not be created (best effort: the error that
+    stopped it is the one to report)."""
+    try:
+        objects.delete_prefix(JobKeys(job_id).prefix)
+    except Exception as error:  # an outage: S3's lifecycle rules remove the orphans
+        logger.warning("could not delete the inputs of abandoned job %s: %s", job_id,
+                       type(error).__name__)
+
+
+def queue_or_fail(producer: Celery, jobs: JobStore, record: JobRecord) -> None:
     """Queue a recorded job; if the broker refuses, fail the job rather than leave it queued."""
     try:
         queue_stage(producer, jobs, record, "preprocess")
     except Exception as error:
-        failure = TesseraError(ErrorCode.internal_error,
-                               f"Job {record.id} could not be queued ({type(error).__name__}); "
-                               "submit it again.")
+        message = f"Job {record.id} could not be queued ({type(error).__name__}); submit it again."
+        failure = (TesseraError(ErrorCode.service_unavailable, message,
+                                retry_after_seconds=RETRY_AFTER_SECONDS)
+                   if outage(error) else TesseraError(ErrorCode.internal_error, message))
         jobs.fail(record.id, failure, "ingest")
         raise failure from error
 
@@ -205,7 +253,7 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
                            trace_id=current_trace_id(), times=StageTimes(created_at=now),
                            updated_at=now)
         jobs.create(record)
-        _queue_or_fail(producer, jobs, record)
+        queue_or_fail(producer, jobs, record)
     return record
 
 
@@ -246,18 +294,22 @@ def _retention(request: JobCreate, settings: IngestSettings) -> int:
     return max(asked, math.ceil(settings.retry_horizon()))
 
 
-def _check_backpressure(jobs: JobStore, model: str, settings: IngestSettings) -> None:
-    """Refuse new work while the model's backlog is over its limit (never an unbounded queue)."""
-    lists = [name for queue in (PREPROCESS_QUEUE, inference_queue(model))
-             for name in priority_lists(queue)]
-    with jobs.redis.pipeline() as pipe:
-        for name in lists:
-            pipe.llen(name)
-        waiting = sum(pipe.execute())
-    if waiting >= settings.MAX_QUEUED_JOBS:
-        raise TesseraError(ErrorCode.queue_full,
-                           f"{waiting} jobs are waiting for {model}; the limit is "
-                           f"{settings.MAX_QUEUED_JOBS}. Retry later.", retry_after_seconds=30)
+def check_backpressure(jobs: JobStore, new_jobs: dict[str, int],
+                       settings: IngestSettings) -> None:
+    """Refuse new jobs (so many per model) that would take a model's backlog over its limit
+    (never an unbounded queue)."""
+    for model, count in new_jobs.items():
+        lists = [name for queue in (PREPROCESS_QUEUE, inference_queue(model))
+                 for name in priority_lists(queue)]
+        with jobs.redis.pipeline() as pipe:
+            for name in lists:
+                pipe.llen(name)
+            waiting = sum(pipe.execute())
+        if waiting + count > settings.MAX_QUEUED_JOBS:
+            raise TesseraError(ErrorCode.queue_full,
+                               f"{waiting} jobs are waiting for {model}; {count} more would "
+                               f"pass the limit of {settings.MAX_QUEUED_JOBS}. Retry later.",
+                               retry_after_seconds=30)
 
 
 def check_conversation(jobs: JobStore, previous_job_id: str, tenant_id: str,
@@ -297,8 +349,9 @@ def _check_upload(upload: Upload, settings: IngestSettings) -> _CheckedUpload:
     limit = settings.max_bytes(media_type.kind)
     if size > limit:
         raise TesseraError(ErrorCode.media_too_large,
-                           f"{upload.filename!r} is larger than the {limit // 2**20} MiB limit for "
-                           f"a {media_type.kind}.", filename=upload.filename, limit_bytes=limit)
+                           f"{upload.filename!r} is {format_size(size)}; a {media_type.kind} may "
+                           f"be at most {format_size(limit)}.", filename=upload.filename,
+                           limit_bytes=limit)
     upload.file.seek(0)
     digest = hashlib.file_digest(upload.file, "sha256").hexdigest()  # type: ignore[arg-type]
     return _CheckedUpload(upload, media_type.kind, media_type.mime, size, digest)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.ingest_api.media_source_settings import MediaSourceSettings
 from services.ingest_api.s3_uploads import DirectUploads
-from shared.errors import ErrorCode, TesseraError
+from shared.errors import ErrorCode, TesseraError, format_size
 from shared.job_store import utcnow
 from shared.media_types import SNIFF_BYTES, sniff_media_type
 from shared.object_store import JobKeys, ObjectStore
@@ -39,6 +39,11 @@ from shared.upload_store import (
 # S3's rules: every part but the last at least 5 MiB; we list parts in one call (≤ 1000).
 MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_PARTS = 1000
+# A media type (RFC 6838) with optional parameters, in printable ASCII: it becomes an HTTP
+# header of the S3 upload, where other characters (CR, LF, non-Latin-1) are refused or worse.
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+MEDIA_TYPE_PATTERN = (rf"^{_TOKEN}/{_TOKEN}"
+                      r"""(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=([!#-~]+|"[ !#-~]*"))*$""")
 
 
 class UploadCreate(BaseModel):
@@ -49,7 +54,8 @@ class UploadCreate(BaseModel):
     filename: str = Field(min_length=1, max_length=255)
     size_bytes: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="Hex SHA-256 of the file")
-    content_type: str | None = Field(default=None, max_length=255)
+    content_type: str | None = Field(default=None, max_length=255, pattern=MEDIA_TYPE_PATTERN,
+                                     description="A media type such as video/mp4")
     parts: int | None = Field(default=None, ge=1, le=MAX_PARTS,
                               description="Upload in this many parts (multipart) instead of "
                                           "one PUT; every part but the last is at least 5 MiB")
@@ -117,8 +123,8 @@ def create_upload(*, request: UploadCreate, tenant_id: str, settings: MediaSourc
     largest = max(max_bytes(kind) for kind in get_args(MediaKind))
     if request.size_bytes > largest:
         raise TesseraError(ErrorCode.media_too_large,
-                           f"{request.filename!r} is {request.size_bytes} bytes; no media kind "
-                           f"allows more than {largest // 2**20} MiB.", limit_bytes=largest)
+                           f"{request.filename!r} is {format_size(request.size_bytes)}; no media "
+                           f"kind allows more than {format_size(largest)}.", limit_bytes=largest)
     part_size = math.ceil(request.size_bytes / (request.parts or 1))
     if request.parts not in (None, 1) and part_size < MIN_PART_BYTES:
         raise TesseraError(ErrorCode.invalid_request,
@@ -200,8 +206,8 @@ def complete_upload(*, upload_id: str, tenant_id: str, request: UploadComplete,
     if size > limit:
         _fail(record, verified_key, uploads, direct, TesseraError(
             ErrorCode.media_too_large,
-            f"{record.filename!r} is larger than the {limit // 2**20} MiB limit for a "
-            f"{media_type.kind}.", limit_bytes=limit))
+            f"{record.filename!r} is {format_size(size)}; a {media_type.kind} may be at most "
+            f"{format_size(limit)}.", limit_bytes=limit))
 
     def verified(current: UploadRecord) -> UploadRecord | None:
         if current.status is not UploadStatus.pending:
@@ -236,9 +242,8 @@ def get_upload(*, upload_id: str, tenant_id: str, uploads: UploadStore) -> Uploa
     return record
 
 
-def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index: int,
-                          uploads: UploadStore, objects: ObjectStore) -> MediaRef:
-    """Copy a tenant's ready upload (server-side) to the job's index-th input."""
+def ready_upload(*, upload_id: str, tenant_id: str, uploads: UploadStore) -> UploadRecord:
+    """The tenant's upload with this id, refused unless it is ready to be used by a job."""
     record = get_upload(upload_id=upload_id, tenant_id=tenant_id, uploads=uploads)
     if record.status is not UploadStatus.ready or record.kind is None \
             or record.content_type is None:
@@ -247,6 +252,14 @@ def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index:
                            f"Upload {upload_id} is {record.status}, not ready{detail}. Complete "
                            "it and wait until GET /v1/uploads/{id} says ready.",
                            upload_id=upload_id)
+    return record
+
+
+def media_ref_from_upload(*, upload_id: str, tenant_id: str, job_id: str, index: int,
+                          uploads: UploadStore, objects: ObjectStore) -> MediaRef:
+    """Copy a tenant's ready upload (server-side) to the job's index-th input."""
+    record = ready_upload(upload_id=upload_id, tenant_id=tenant_id, uploads=uploads)
+    assert record.kind is not None and record.content_type is not None
     key = JobKeys(job_id).media(index)
     objects.copy(record.key, key)
     return MediaRef(index=index, kind=record.kind, key=key, filename=record.filename,

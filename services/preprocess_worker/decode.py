@@ -20,6 +20,10 @@ _WIDE_GRAY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 # EXIF orientations that turn the picture a quarter (the stored width is the shown height).
 _QUARTER_TURNS = frozenset({5, 6, 7, 8})
+# open_image checks our own pixel limit on the header before any pixel is decoded. Pillow's
+# bomb check would refuse first, above its own threshold (about 179 MP), with a message
+# quoting that threshold instead of our limit and without the image's size.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def decode_image(
@@ -99,11 +103,6 @@ def _open(data: bytes) -> Image.Image:
     """Read only the header (Image.open is lazy), mapping failures to stable error codes."""
     try:
         return Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise TesseraError(
-            ErrorCode.media_limits_exceeded,
-            f"The image is too large to decode safely ({exc}): downscale it and upload it again.",
-        ) from exc
     except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
         raise TesseraError(
             ErrorCode.decode_failed,

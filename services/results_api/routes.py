@@ -5,29 +5,38 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import WithJsonSchema
 
 from services.results_api.deps import SettingsDep
 from services.results_api.service import batch_result_lines, event_stream, finished_result
 from shared.batch_store import BatchPublic, BatchRecord, BatchStore, batch_public
 from shared.errors import ErrorCode, TesseraError
-from shared.http_api import JobDep, JobStoreDep, ObjectStoreDep, ReaderDep
+from shared.http_api import JobDep, JobStoreDep, JobWaitsDep, ObjectStoreDep, ReaderDep
 from shared.job_store import JobFilter
-from shared.job_waits import MAX_WAIT_SECONDS, wait_until_finished
+from shared.job_waits import EVENT_ID_PATTERN, MAX_WAIT_SECONDS
 from shared.queue_position import queue_position, waiting_queue
 from shared.schemas import JobPublic, JobResult, JobsPublic, JobStatus
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+# A time in a query: ISO 8601, or Unix seconds (pydantic reads both, so the document says so).
+Instant = Annotated[datetime, WithJsonSchema(
+    {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "number"}]})]
+# The cursors list_jobs hands out: a creation time in seconds (float() also reads "nan",
+# "inf" and "1_0", which Redis refuses).
+CURSOR_PATTERN = r"^[0-9]{1,12}(\.[0-9]{1,9})?$"
 
 
 @router.get("/jobs", response_model=JobsPublic, summary="The caller's jobs, newest first")
 def list_jobs(principal: ReaderDep, jobs: JobStoreDep, settings: SettingsDep,
               status: Annotated[list[JobStatus] | None, Query()] = None,
               model: str | None = None,
-              created_after: datetime | None = None, created_before: datetime | None = None,
+              created_after: Instant | None = None, created_before: Instant | None = None,
               metadata: Annotated[list[str] | None, Query(
                   description="key=value; repeat to require several")] = None,
               limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              cursor: str | None = None) -> JobsPublic:
+              cursor: Annotated[str | None, Query(
+                  pattern=CURSOR_PATTERN, max_length=32,
+                  description="next_cursor of the previous page")] = None) -> JobsPublic:
     """A page of jobs matching the filters; follow `next_cursor` for more."""
     where = JobFilter(statuses=frozenset(status or ()), model=model,
                       created_after=created_after, created_before=created_before,
@@ -43,13 +52,14 @@ def list_jobs(principal: ReaderDep, jobs: JobStoreDep, settings: SettingsDep,
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, summary="A job's status, stages and error")
-def get_job(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
+def get_job(job: JobDep, jobs: JobStoreDep, waits: JobWaitsDep, settings: SettingsDep,
             wait: Annotated[float | None, Query(
-                ge=0, description=f"Long-poll: wait up to this many seconds "
-                f"(at most {MAX_WAIT_SECONDS:g}) for the job to end")] = None) -> JobPublic:
+                ge=0, le=MAX_WAIT_SECONDS, description=f"Long-poll: wait up to this many "
+                f"seconds (at most {MAX_WAIT_SECONDS:g}) for the job to end")] = None,
+            ) -> JobPublic:
     """The job object (with its queue position while it waits), after waiting for it to end
     when `wait` is given."""
-    record = wait_until_finished(jobs, job, wait) if wait else job
+    record = waits.until_finished(job, wait) if wait else job
     public = JobPublic.from_record(record, settings.PUBLIC_BASE_URL)
     waiting_in = waiting_queue(record)
     if waiting_in is not None:
@@ -75,11 +85,15 @@ def get_result(job: JobDep, objects: ObjectStoreDep,
 
 @router.get("/jobs/{job_id}/events", summary="Server-sent events of a job's state changes",
             response_class=StreamingResponse)
-def get_events(job: JobDep, jobs: JobStoreDep, settings: SettingsDep,
-               last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
-    """Stream every state change, resumable with Last-Event-ID, closing after the last one."""
-    stream = event_stream(jobs=jobs, job_id=job.id, last_event_id=last_event_id,
-                          poll_seconds=settings.EVENTS_POLL_SECONDS)
+def get_events(job: JobDep, waits: JobWaitsDep, settings: SettingsDep,
+               last_event_id: Annotated[str | None, Header(
+                   pattern=EVENT_ID_PATTERN,
+                   description="Resume after this event id (the `id:` of an event)")] = None,
+               ) -> StreamingResponse:
+    """Stream every state change, resumable with Last-Event-ID, closing after the last one;
+    a comment line every EVENTS_KEEPALIVE_SECONDS keeps idle connections open."""
+    stream = event_stream(waits=waits, job_id=job.id, last_event_id=last_event_id,
+                          keepalive_seconds=settings.EVENTS_KEEPALIVE_SECONDS)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 

@@ -1,13 +1,19 @@
 """Reading results and event streams for the results API."""
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 
 from shared.batch_store import BatchItem
 from shared.errors import ErrorCode, TesseraError
-from shared.job_store import JobNotFound, JobStore
+from shared.job_store import JobNotFound
+from shared.job_waits import JobWaits
 from shared.object_store import ObjectStore
+from shared.outages import OUTAGE_ERRORS
 from shared.schemas import JobRecord, JobResult, JobStatus
+
+logger = logging.getLogger(__name__)
 
 
 def finished_result(*, record: JobRecord, objects: ObjectStore) -> JobResult | None:
@@ -22,28 +28,40 @@ def finished_result(*, record: JobRecord, objects: ObjectStore) -> JobResult | N
                        job_status=record.status.value, job_error=job_error)
 
 
-def event_stream(*, jobs: JobStore, job_id: str, last_event_id: str | None,
-                 poll_seconds: float) -> Iterator[str]:
+def event_stream(*, waits: JobWaits, job_id: str, last_event_id: str | None,
+                 keepalive_seconds: float) -> Iterator[str]:
     """Server-sent events (state changes and partial output) after last_event_id, ending with
-    the terminal state change."""
+    the terminal state change; a comment line whenever keepalive_seconds passed quietly.
+
+    An outage of Redis ends the stream cleanly (the headers are sent, so no error answer can
+    follow); clients reconnect with Last-Event-ID, as after any dropped stream.
+    """
     cursor = last_event_id or "0-0"
-    while True:
-        events = jobs.read_events(job_id, after=cursor, block_seconds=poll_seconds)
-        if not events:
-            # Quiet: a client that resumed after the last event, or a purged job, ends here.
-            try:
-                if jobs.get(job_id).status.terminal:
+    quiet_since = time.monotonic()
+    try:
+        while True:
+            left = quiet_since + keepalive_seconds - time.monotonic()
+            events = waits.next_events(job_id, after=cursor, seconds=left)
+            if not events:
+                # Quiet: a client that resumed after the last event, or a purged job, ends.
+                try:
+                    if waits.jobs.get(job_id).status.terminal:
+                        return
+                except JobNotFound:
                     return
-            except JobNotFound:
-                return
-            yield ": keep-alive\n\n"
-            continue
-        for event_id, fields in events:
-            cursor = event_id
-            yield f"id: {event_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
-            if fields["type"] == "status" and JobStatus(
-                    json.loads(fields["data"])["status"]).terminal:
-                return
+                if time.monotonic() - quiet_since >= keepalive_seconds:
+                    quiet_since = time.monotonic()
+                    yield ": keep-alive\n\n"
+                continue
+            quiet_since = time.monotonic()
+            for event_id, fields in events:
+                cursor = event_id
+                yield f"id: {event_id}\nevent: {fields['type']}\ndata: {fields['data']}\n\n"
+                if fields["type"] == "status" and JobStatus(
+                        json.loads(fields["data"])["status"]).terminal:
+                    return
+    except OUTAGE_ERRORS as error:
+        logger.warning("event stream of %s ended: %s", job_id, type(error).__name__)
 
 
 def batch_result_lines(items: list[tuple[BatchItem, JobRecord | None]],

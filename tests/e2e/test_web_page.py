@@ -14,11 +14,25 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's Chromium at /usr/bin/chromium "
                                   "(apt-get install -y chromium)")
 
 
+def test_the_page_talks_only_to_its_own_deployment_whatever_its_url_says(
+        stack: LocalStack) -> None:
+    # A link could once set the ingest URL the page sends the API key to.
+    response = httpx.get(f"{stack.results_url}/ui", params={"ingest": "https://elsewhere.example"})
+    assert f'<meta name="tessera-ingest-url" content="{stack.ingest_url}">' in response.text
+    assert "elsewhere" not in response.text
+    policy = dict(item.strip().split(" ", 1) for item in
+                  response.headers["content-security-policy"].split(";"))
+    assert policy["connect-src"] == f"'self' {stack.ingest_url}"
+    script = httpx.get(f"{stack.results_url}/ui/app.js").text
+    assert "location.search" not in script and "localStorage" not in script
+
+
+@needs_chromium
 def test_page_submits_an_image_and_shows_status_output_result_and_trace(
         stack: LocalStack, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
@@ -30,8 +44,8 @@ def test_page_submits_an_image_and_shows_status_output_result_and_trace(
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 1000})
             page.on("pageerror", lambda error: page_errors.append(str(error)))
-            page.goto(f"{stack.results_url}/ui")
-            page.fill("#ingest-url", stack.ingest_url)
+            page.goto(f"{stack.results_url}/ui?ingest=https://elsewhere.example")
+            sync_api.expect(page.locator("#ingest-url")).to_have_text(stack.ingest_url)
             page.fill("#api-key", stack.api_key)
             page.set_input_files("#files", photo)
             page.fill("#prompt", "What is in this picture?")

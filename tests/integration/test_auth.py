@@ -27,11 +27,27 @@ def _post_job(stack: LocalStack, headers: dict[str, str]) -> httpx.Response:
                       files=[("files", ("p.jpg", sample_jpeg(64, 64)))])
 
 
-def test_requests_without_a_valid_key_are_401(stack: LocalStack) -> None:
-    for headers in ({}, {"Authorization": "Bearer tsk_nope"}, {"X-API-Key": "nope"}):
+def test_requests_without_a_valid_key_are_401_with_a_bearer_challenge(
+        stack: LocalStack) -> None:
+    challenges = {}
+    for headers in ({}, {"Authorization": "Bearer tsk_nope"}, {"X-API-Key": "nope"},
+                    {"Authorization": stack.api_key}, {"Authorization": f"Basic {stack.api_key}"}):
         response = _post_job(stack, headers)
-        assert response.status_code == 401
+        assert response.status_code == 401, headers
         assert response.json()["code"] == "unauthorized"
+        challenges[str(headers)] = response.headers["www-authenticate"]
+    assert challenges["{}"] == 'Bearer realm="tessera"'
+    assert challenges[str({"Authorization": "Bearer tsk_nope"})] == \
+        'Bearer realm="tessera", error="invalid_token"'
+    # A bare key (no scheme) is refused: only `Bearer <key>` or X-API-Key carry one.
+    assert 'error="invalid_request"' in challenges[str({"Authorization": stack.api_key})]
+
+
+def test_the_bearer_scheme_is_case_insensitive(stack: LocalStack) -> None:
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        response = httpx.get(f"{stack.results_url}/v1/jobs",
+                             headers={"Authorization": f"{scheme} {stack.api_key}"})
+        assert response.status_code == 200, scheme
 
 
 def test_a_read_only_key_cannot_submit(stack: LocalStack,

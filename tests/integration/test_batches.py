@@ -7,6 +7,7 @@ import httpx
 
 from scripts.localstack import LocalStack
 from scripts.sample_media import sample_jpeg, sample_pdf
+from shared.object_store import ObjectStore
 from tests.client import auth
 
 
@@ -65,3 +66,53 @@ def test_another_tenants_batch_is_404(stack: LocalStack) -> None:
     response = httpx.get(f"{stack.results_url}/v1/batches/batch_nope", headers=auth(stack))
     assert response.status_code == 404
     assert response.json()["code"] == "batch_not_found"
+
+
+def _media_keys(objects: ObjectStore) -> set[str]:
+    return {key for key in objects.list_keys("jobs/") if "/media/" in key}
+
+
+def _jobs_tagged(stack: LocalStack, tag: str) -> list[str]:
+    page = httpx.get(f"{stack.results_url}/v1/jobs", headers=auth(stack),
+                     params={"metadata": f"run={tag}", "limit": 200}).json()
+    return [job["id"] for job in page["data"]]
+
+
+def test_a_batch_whose_later_line_is_refused_creates_nothing_and_names_the_line(
+        stack: LocalStack) -> None:
+    tag = f"atomic-{time.monotonic_ns()}"
+    lines: list[dict[str, object]] = [
+        {"custom_id": "ok", "prompt": "Hi", "files": ["a.jpg"], "metadata": {"run": tag}},
+        {"custom_id": "private", "prompt": "Hi", "metadata": {"run": tag},
+         "inputs": [{"url": "https://10.1.2.3/photo.jpg"}]},
+    ]
+    response = _post_batch(stack, lines, [("a.jpg", sample_jpeg(64, 64))])
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "url_not_allowed"
+    assert response.json()["line"] == 2 and response.json()["detail"].startswith("Line 2: ")
+    assert _jobs_tagged(stack, tag) == []
+
+
+def test_a_batch_whose_later_url_fails_to_fetch_leaves_no_job_and_no_media(
+        stack: LocalStack, objects: ObjectStore) -> None:
+    tag = f"atomic-fetch-{time.monotonic_ns()}"
+    before = _media_keys(objects)
+    lines: list[dict[str, object]] = [
+        {"custom_id": "ok", "prompt": "Hi", "files": ["a.jpg"], "metadata": {"run": tag}},
+        # A local server (allowed in tests) that has no such file: refused when fetched.
+        {"custom_id": "gone", "prompt": "Hi", "metadata": {"run": tag},
+         "inputs": [{"url": f"{stack.results_url}/no-such-file.jpg"}]},
+    ]
+    response = _post_batch(stack, lines, [("a.jpg", sample_jpeg(64, 64))])
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "url_fetch_failed" and response.json()["line"] == 2
+    assert _jobs_tagged(stack, tag) == []
+    assert _media_keys(objects) - before == set()
+
+
+def test_attached_files_with_the_same_name_are_refused(stack: LocalStack) -> None:
+    lines: list[dict[str, object]] = [{"custom_id": "a", "prompt": "Hi", "files": ["a.jpg"]}]
+    response = _post_batch(stack, lines, [("a.jpg", sample_jpeg(64, 64)),
+                                          ("a.jpg", sample_jpeg(80, 60))])
+    assert response.status_code == 422
+    assert "Two attached files are named 'a.jpg'" in response.json()["detail"]

@@ -10,7 +10,7 @@ import pytest
 from scripts.localstack import LOCAL_TENANT, LocalStack
 from scripts.sample_media import sample_jpeg
 from services.ingest_api.config import IngestSettings
-from services.ingest_api.service import _check_backpressure
+from services.ingest_api.service import check_backpressure
 from shared.errors import TesseraError
 from shared.job_store import JobStore
 from shared.object_store import JobKeys, ObjectStore
@@ -158,7 +158,7 @@ def test_a_full_queue_is_refused_with_503(jobs: JobStore) -> None:
     jobs.redis.rpush(inference_queue(model), *["x"] * 3)
     try:
         with pytest.raises(TesseraError) as refused:
-            _check_backpressure(jobs, model, IngestSettings(MAX_QUEUED_JOBS=3))
+            check_backpressure(jobs, {model: 1}, IngestSettings(MAX_QUEUED_JOBS=3))
         assert refused.value.code == "queue_full"
         assert refused.value.details["retry_after_seconds"] == 30
     finally:

@@ -134,6 +134,12 @@ def test_fetch_url_reports_a_dns_failure_as_a_retryable_fetch_failure(media_serv
 def test_fetch_url_refuses_redirects_to_non_public_addresses(media_server: str, path: str) -> None:
     error = _fetch(media_server + path)
     assert error.code == ErrorCode.url_not_allowed, error.message
+    assert f"{media_server + path!r} was redirected to 'http://" in error.message
+
+
+def test_a_refused_first_url_does_not_speak_of_a_redirect(media_server: str) -> None:
+    error = _fetch("http://10.255.255.1/photo.jpg")
+    assert error.code == ErrorCode.url_not_allowed and "redirect" not in error.message
 
 
 def test_fetch_url_stops_after_five_redirects(media_server: str) -> None:

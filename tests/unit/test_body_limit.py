@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from services.ingest_api.body_limit import BodyLimit
+from shared.body_limit import BodyLimit
 
 
 async def _echo_size(request: Request) -> JSONResponse:
@@ -16,8 +16,11 @@ async def _echo_size(request: Request) -> JSONResponse:
 
 
 def _client(limit: int) -> TestClient:
-    app = Starlette(routes=[Route("/", _echo_size, methods=["POST"])])
-    return TestClient(BodyLimit(app, max_bytes=limit))
+    app = Starlette(routes=[Route("/", _echo_size, methods=["POST"]),
+                            Route("/big", _echo_size, methods=["POST"])])
+    limits = {"/": limit, "/big": 3 * limit}
+    return TestClient(BodyLimit(app, max_bytes_for=limits.__getitem__,
+                                min_bytes_per_second=1024, grace_seconds=10))
 
 
 def _chunks(count: int, size: int) -> Iterator[bytes]:
@@ -29,6 +32,14 @@ def test_a_declared_length_over_the_limit_is_refused_before_reading() -> None:
     response = _client(1000).post("/", content=b"x" * 1001)
     assert response.status_code == 413
     assert response.json()["code"] == "media_too_large"
+    # The real size and the real limit, exactly (rounding once said "over 1024 MiB; the limit
+    # is 1024 MiB").
+    assert "is 1,001 bytes; POST / accepts at most 1,000 bytes" in response.json()["detail"]
+
+
+def test_each_path_has_its_own_limit() -> None:
+    assert _client(1000).post("/big", content=b"x" * 2500).json() == {"size": 2500}
+    assert _client(1000).post("/", content=b"x" * 2500).status_code == 413
 
 
 def test_a_chunked_body_is_cut_and_refused_once_it_passes_the_limit() -> None:

@@ -29,6 +29,9 @@ def _problem(status: int, code: str, **extra: object) -> httpx.Response:
     (404, "job_not_found", JobNotFoundError),
     (409, "job_failed", JobFailedError),
     (503, "queue_full", RetryLaterError),
+    (503, "service_unavailable", RetryLaterError),
+    (408, "request_timeout", RetryLaterError),
+    (400, "malformed_request", InvalidRequestError),
     (418, "a_code_from_a_newer_server", APIError),
 ])
 def test_problem_code_selects_the_error_type(status: int, code: str,

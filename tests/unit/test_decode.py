@@ -129,6 +129,9 @@ def test_decode_image_rejects_bomb_from_header_before_decoding(width: int, heigh
     with pytest.raises(TesseraError) as caught:
         decode_image(png_header(width, height))
     assert caught.value.code is ErrorCode.media_limits_exceeded
+    # The image's own size and our limit, not Pillow's bomb threshold (178956970 pixels).
+    assert f"{width}x{height}" in caught.value.message
+    assert "the limit is 80.0 megapixels" in caught.value.message
 
 
 def test_decode_image_honours_a_lower_pixel_limit() -> None:

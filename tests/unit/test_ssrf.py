@@ -138,3 +138,36 @@ def test_transport_refuses_before_connecting_and_after_rebinding() -> None:
     assert "127.0.0.1" in refused.value.error.message
     with public_client(resolver=DNS) as client, pytest.raises(httpx.HTTPError):
         client.get("http://media.example.com/")
+
+
+LOOPBACK_ONLY = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.mark.parametrize("host", [
+    "[2002:7f00:1::]", "[2002:7f00:ffff:1::1]",  # 6to4
+    "[2001:0:4136:e378:8000:63bf:80ff:fffe]",  # Teredo
+    "[64:ff9b::7f00:1]", "[64:ff9b:1::7f00:1]",  # NAT64
+    "[::127.0.0.1]",  # IPv4-compatible
+])
+def test_an_allowed_ipv4_network_does_not_admit_ipv6_forms_that_embed_it(host: str) -> None:
+    # The connection would go to the IPv6 address (a relay), not to the allowed loopback.
+    with pytest.raises(TesseraError) as refused:
+        check_public_url(f"http://{host}/", allow_http=True, allowed_networks=LOOPBACK_ONLY,
+                         resolver=DNS)
+    assert refused.value.code is ErrorCode.url_not_allowed
+    assert "an IPv6 form of 127." in refused.value.message
+
+
+def test_an_ipv4_mapped_address_is_checked_and_connected_to_as_its_ipv4_address() -> None:
+    target = check_public_url("http://[::ffff:127.0.0.1]/", allow_http=True,
+                              allowed_networks=LOOPBACK_ONLY, resolver=DNS)
+    assert target.addresses == (ipaddress.IPv4Address("127.0.0.1"),)
+
+
+def test_a_refused_scheme_names_the_schemes_that_are_allowed() -> None:
+    for allow_http, allowed in ((False, "only https:// URLs"),
+                                (True, "only http:// and https:// URLs")):
+        with pytest.raises(TesseraError) as refused:
+            check_public_url("ftp://media.example.com/a.jpg", allow_http=allow_http,
+                             resolver=DNS)
+        assert allowed in refused.value.message

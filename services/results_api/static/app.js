@@ -4,16 +4,15 @@
 const TERMINAL = new Set(["succeeded", "failed", "canceled", "expired"]);
 // The page is served by the results API, so its own origin answers /v1/jobs/... without CORS.
 const RESULTS_BASE = new URL(".", location.href);
+// The page sends its API key only to its own deployment's ingest API, which the server names
+// (and the Content-Security-Policy admits); nothing in the page's URL can change it.
+const INGEST_BASE = document.querySelector('meta[name="tessera-ingest-url"]').content;
 const $ = (id) => document.getElementById(id);
 
 let watching = null;
 
 function init() {
-  const params = new URLSearchParams(location.search);
-  $("ingest-url").value = params.get("ingest") || localStorage.getItem("tessera.ingestUrl")
-    || location.origin;
-  $("ingest-url").addEventListener("change", () =>
-    localStorage.setItem("tessera.ingestUrl", $("ingest-url").value));
+  $("ingest-url").textContent = INGEST_BASE;
   $("submit-form").addEventListener("submit", onSubmit);
   $("watch-form").addEventListener("submit", (event) => {
     event.preventDefault();
@@ -48,7 +47,7 @@ async function onSubmit(event) {
   form.append("prompt", $("prompt").value);
   form.append("max_new_tokens", $("max-new-tokens").value);
   if ($("model").value.trim()) form.append("model", $("model").value.trim());
-  const url = new URL("v1/jobs", $("ingest-url").value.replace(/\/*$/, "/"));
+  const url = new URL("v1/jobs", INGEST_BASE.replace(/\/*$/, "/"));
   $("submit").disabled = true;
   try {
     const job = await upload(url, form);
