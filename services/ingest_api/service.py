@@ -17,11 +17,13 @@ from services.ingest_api.idempotency import IdempotencyKeys, fingerprint
 from services.ingest_api.remote_media import media_ref_from_url
 from services.ingest_api.uploads import media_ref_from_upload, ready_upload
 from shared.auth import Principal
+from shared.context_budget import InputShape, check_fits, minimum_visual_tokens
 from shared.dispatch import queue_stage
 from shared.errors import ErrorCode, TesseraError, format_size
 from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.json_output import check_schema
 from shared.media_types import SNIFF_BYTES, sniff_media_type
+from shared.model_cards import ModelCardStore
 from shared.object_store import JobKeys, ObjectStore
 from shared.outages import RETRY_AFTER_SECONDS, outage
 from shared.queues import PREPROCESS_QUEUE, inference_queue, priority_lists
@@ -140,22 +142,44 @@ def validate_request(request: JobCreate, files: dict[str, Upload], *, principal:
     if request.webhook_url is not None:
         check_public_url(str(request.webhook_url), allow_http=settings.allow_http,
                          allowed_networks=settings.allowed_networks)
-    _check_sources(request, principal, settings, jobs)
-    return model, {name: _check_upload(files[name], settings) for name in sorted(named)}
+    probed = _check_sources(request, principal, settings, jobs)
+    checked = {name: _check_upload(files[name], settings) for name in sorted(named)}
+    _check_context(request, model, checked, probed, settings, jobs)
+    return model, checked
 
 
 def _check_sources(request: JobCreate, principal: Principal, settings: IngestSettings,
-                   jobs: JobStore) -> None:
+                   jobs: JobStore) -> dict[str, InputShape]:
     """Refuse upload inputs that are not ready and URLs that may not be fetched, before any
-    input is stored (the fetch checks the URL again, and every redirect)."""
+    input is stored (the fetch checks the URL again, and every redirect); the shapes of the
+    ready uploads, by id."""
     uploads = UploadStore(jobs.redis, settings.KEY_PREFIX)
+    probed = {}
     for item in request.inputs:
         if isinstance(item, UploadInput):
-            ready_upload(upload_id=item.upload_id, tenant_id=principal.tenant_id,
-                         uploads=uploads)
+            record = ready_upload(upload_id=item.upload_id, tenant_id=principal.tenant_id,
+                                  uploads=uploads)
+            probed[item.upload_id] = InputShape(
+                record.kind, record.probe.pages if record.probe is not None else None)
         elif isinstance(item, UrlInput):
             check_public_url(str(item.url), allow_http=settings.URL_FETCH_ALLOW_HTTP,
                              allowed_networks=settings.url_fetch_allowed_networks)
+    return probed
+
+
+def _check_context(request: JobCreate, model: str, checked: dict[str, "_CheckedUpload"],
+                   probed: dict[str, InputShape], settings: IngestSettings,
+                   jobs: JobStore) -> None:
+    """Refuse media that cannot fit the model's context, from what is known before anything
+    is stored; no check while no replica of the model has published its card."""
+    card = ModelCardStore(jobs.redis, settings.KEY_PREFIX).get(model)
+    if card is None:
+        return
+    shapes = [InputShape(checked[item.file].kind) if isinstance(item, FileInput)
+              else probed[item.upload_id] if isinstance(item, UploadInput)
+              else InputShape(None) for item in request.inputs]
+    check_fits(*minimum_visual_tokens(shapes, request.media_options, card.tokens_per_tile),
+               card)
 
 
 def accept_job(request: JobCreate, checked: dict[str, "_CheckedUpload"], model: str,
