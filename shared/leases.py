@@ -41,6 +41,14 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+# Push back the expiry of a lease only while ARGV[2] holds it (1); a lease that lapsed and was
+# taken over or dropped is left alone (0), so a run woken from a freeze cannot keep it alive.
+_RENEW_IF_HELD = """
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
 # Remove a lease whose expiry is still past (1); leave a renewed one alone (0).
 _TAKE_IF_LAPSED = """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -60,6 +68,7 @@ class LeaseBook:
         self.seconds = seconds
         self._expiries = f"{prefix}:leases"
         self._take_if_lapsed = client.register_script(_TAKE_IF_LAPSED)
+        self._renew_if_held = client.register_script(_RENEW_IF_HELD)
 
     def _key(self, lease_id: str) -> str:
         return f"{self.prefix}:lease:{lease_id}"
@@ -86,11 +95,13 @@ class LeaseBook:
                 except redis.WatchError:
                     continue
 
-    def renew(self, lease_ids: list[str]) -> None:
-        """Push back the expiry of leases this process holds."""
-        if lease_ids:
-            expiry = time.time() + self.seconds
-            self.redis.zadd(self._expiries, dict.fromkeys(lease_ids, expiry), xx=True)
+    def renew(self, holders: dict[str, str]) -> list[str]:
+        """Push back the expiry of each lease (id → holder) its holder still has; returns the
+        ids it no longer has (taken over after lapsing), whose runs must stop."""
+        expiry = time.time() + self.seconds
+        return [lease_id for lease_id, holder in holders.items()
+                if not self._renew_if_held(keys=[self._expiries, self._key(lease_id)],
+                                           args=[lease_id, holder, expiry])]
 
     def release(self, lease_id: str, worker: str) -> None:
         """Drop the lease if worker still holds it."""

@@ -9,7 +9,7 @@ from shared.errors import JobCanceled
 from shared.queues import PREPROCESS_QUEUE, PREPROCESS_TASK, PROBE_UPLOAD_TASK
 from shared.schemas import JobRecord, PreprocessTask, Progress
 from shared.upload_store import ProbeUploadTask, UploadStore
-from shared.worker_runtime import process_clients, run_stage
+from shared.worker_runtime import ActiveRun, process_clients, run_stage
 
 
 @app.task(name=PREPROCESS_TASK)
@@ -18,19 +18,21 @@ def preprocess(**payload: object) -> None:
     task = PreprocessTask.model_validate(payload)
     clients = process_clients()
 
-    def work(record: JobRecord) -> None:
+    def work(record: JobRecord, active: ActiveRun) -> None:
+        assert active.run is not None
         clients.notify(record, "job.started", {"stage": "preprocess"})
-        def prepared(done: int) -> None:
-            clients.report_progress(record, Progress(stage="preprocess", done=done,
-                                                     total=len(record.media)))
 
+        def prepared(done: int) -> None:
+            clients.report_progress(active, record, Progress(stage="preprocess", done=done,
+                                                             total=len(record.media)))
+
+        # Safe points between inputs stop a canceled, timed-out or taken-over run.
         prepare_job(job_id=record.id, media=record.media, options=record.media_options,
                     objects=clients.objects, settings=get_settings(),
-                    canceled=lambda: clients.jobs.cancel_requested(record.id),
-                    prepared=prepared)
-        if clients.jobs.cancel_requested(record.id):
+                    canceled=active.should_stop, prepared=prepared)
+        if active.should_stop():
             raise JobCanceled
-        clients.jobs.finish_preprocess(record.id)
+        clients.jobs.finish_preprocess(active.run)
         queue_stage(clients.celery, clients.jobs, record, "inference")
 
     run_stage(clients, task.job_id, PREPROCESS_QUEUE, "preprocess", work)

@@ -1,8 +1,9 @@
 """The broker transport against a real Redis: a worker survives losing its connection."""
 
 import uuid
+from typing import Any
 
-from kombu import Connection, Queue
+import kombu
 from kombu.common import ignore_errors
 
 from shared.celery_factory import ResilientRedisTransport, create_celery_app
@@ -14,8 +15,9 @@ def test_closing_a_channel_after_its_connection_was_dropped_is_a_connection_erro
     # The state Celery's consumer leaves after a broker restart: it collected the connection
     # (the transport lost its client), the channel's first close failed on the broken socket
     # after dropping its pools, and the channel still holds an unacknowledged task.
-    connection = Connection(redis_url, transport=ResilientRedisTransport)
-    queue = Queue(f"broker-test-{uuid.uuid4().hex[:8]}")
+    api: Any = kombu  # kombu's public names are untyped
+    connection = api.Connection(redis_url, transport=ResilientRedisTransport)
+    queue = api.Queue(f"broker-test-{uuid.uuid4().hex[:8]}")
     with connection.Producer() as producer:
         producer.publish({"task": 1}, routing_key=queue.name, declare=[queue])
     received = []
@@ -32,7 +34,7 @@ def test_closing_a_channel_after_its_connection_was_dropped_is_a_connection_erro
     # Celery closes it inside ignore_errors, which only swallows connection errors; kombu's
     # own channel raised AttributeError ('NoneType' object has no attribute 'hostname') here
     # and the worker exited.
-    ignore_errors(connection, channel.close)
+    ignore_errors(connection, channel.close)  # type: ignore[no-untyped-call]
 
 
 def test_workers_reconnect_for_as_long_as_redis_is_away() -> None:

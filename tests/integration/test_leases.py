@@ -44,7 +44,19 @@ def test_renewed_and_released_leases_do_not_lapse(jobs: JobStore) -> None:
     book.acquire("job_4:inference", this_worker())
     book.acquire("job_5:inference", this_worker())
     time.sleep(0.2)
-    book.renew(["job_4:inference"])
+    assert book.renew({"job_4:inference": this_worker()}) == []
     book.release("job_5:inference", this_worker())
     time.sleep(0.2)
     assert book.take_lapsed() == []
+
+
+def test_only_the_holder_renews_a_lease(jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_6:inference", "otherhost/1#frozen")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_6:inference"]
+    book.acquire("job_6:inference", "otherhost/2#current")
+    # The frozen run wakes up: its renewal is refused, and the new holder's expiry is untouched.
+    assert book.renew({"job_6:inference": "otherhost/1#frozen"}) == ["job_6:inference"]
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_6:inference"]

@@ -146,4 +146,4 @@ def test_result_object_keys_derive_from_the_job_id(
     job = wait_terminal(stack, submit(stack, [("p.jpg", sample_jpeg(300, 300))]).json()["id"])
     keys = sorted(objects.list_keys(JobKeys(job["id"]).prefix))
     assert keys == sorted([JobKeys(job["id"]).media(0), JobKeys(job["id"]).prepared_tiles(0),
-                           JobKeys(job["id"]).prepared_manifest(), JobKeys(job["id"]).result()])
+                           JobKeys(job["id"]).prepared_manifest(), JobKeys(job["id"]).result(1)])
