@@ -36,16 +36,19 @@ def deliver_webhook(**payload: object) -> None:
 
 
 def queue_due_deliveries() -> None:
-    """Forever: move retries (and redeliveries) whose time has come onto the webhook queue.
+    """Forever: send again the attempts whose worker died mid-flight, and move retries (and
+    redeliveries) whose time has come onto the webhook queue.
 
     Retries wait in a Redis sorted set rather than as Celery countdowns: a countdown task sits
     unacknowledged in a worker for hours, and Redis redelivers it after the visibility timeout.
     """
-    outbox = _sender().outbox
+    sender = _sender()
     period = get_settings().WEBHOOK_SCHEDULE_POLL_SECONDS
     while True:
         try:
-            for delivery in outbox.take_due(time.time()):
+            for lost in sender.ledger.take_interrupted(time.time()):
+                sender.resend_interrupted(lost)
+            for delivery in sender.outbox.take_due(time.time()):
                 # Publish inside the trace that scheduled it (the Celery instrumentation
                 # propagates the current context into the message).
                 token = context.attach(propagate.extract(delivery.trace_context))
