@@ -179,12 +179,16 @@ class WorkerClients:
         handles it once, and a deployment scaled to zero GPUs still expires and purges jobs.
         """
         period = self.settings.LEASE_SECONDS / 3
+        # After Redis was away, every lease looks lapsed; holders get one lease period to
+        # renew before this process takes lapsed ones (or it would restart every live run).
+        redis_back_at = time.monotonic()
         while True:
             healthy = True
             try:
                 healthy = self._tend_runs()
-                for lease in self.leases.take_lapsed():
-                    self._requeue(lease)
+                if time.monotonic() - redis_back_at > self.settings.LEASE_SECONDS:
+                    for lease in self.leases.take_lapsed():
+                        self._requeue(lease)
                 for record in self.jobs.expire_overdue():
                     self.notify_if_terminal(record)
                 for record in self.jobs.fail_timed_out(grace_seconds=STOP_GRACE_SECONDS):
@@ -195,8 +199,13 @@ class WorkerClients:
                     send_stage(self.celery, record, stage, priority=CELERY_PRIORITY["interactive"])
                 for record in self.jobs.take_expired_retention():
                     self.objects.delete_prefix(JobKeys(record.id).prefix)
-            except Exception:  # a Redis hiccup must not end the heartbeat
-                log.exception("housekeeping failed; retrying")
+            except Exception as error:  # a Redis hiccup must not end the heartbeat
+                if not is_transient(error):
+                    log.exception("housekeeping failed; retrying")
+                else:
+                    redis_back_at = time.monotonic()
+                    log.warning("housekeeping: Redis or S3 is away (%s: %s); retrying",
+                                type(error).__name__, error)
             # Liveness does not depend on Redis: only on this process's own work progressing.
             if healthy and self.settings.HEARTBEAT_FILE is not None:
                 touch_heartbeat(self.settings.HEARTBEAT_FILE)

@@ -13,6 +13,7 @@ from services.webhook_worker.config import get_settings
 from services.webhook_worker.delivery import WebhookSender
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.ssrf import public_client
+from shared.transient import is_transient
 from shared.webhook_events import WebhookDelivery
 from shared.worker_runtime import process_clients
 
@@ -57,8 +58,12 @@ def queue_due_deliveries() -> None:
                                                 queue=WEBHOOK_QUEUE)
                 finally:
                     context.detach(token)
-        except Exception:  # a Redis hiccup must not end the loop
-            log.exception("webhook schedule poll failed; retrying")
+        except Exception as error:  # a Redis hiccup must not end the loop
+            if is_transient(error):
+                log.warning("webhook schedule: Redis is away (%s: %s); retrying",
+                            type(error).__name__, error)
+            else:
+                log.exception("webhook schedule poll failed; retrying")
         threading.Event().wait(period)
 
 
