@@ -148,6 +148,14 @@ class JobStore:
             raise JobNotFound(job_id) if tenant is None else JobGone(job_id, tenant)
         return JobRecord.model_validate_json(raw)
 
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The stored jobs among job_ids (in one read), by id; missing ones are left out."""
+        if not job_ids:
+            return {}
+        raws = cast(list[str | None], self.redis.mget([self._key(job_id) for job_id in job_ids]))
+        return {job_id: JobRecord.model_validate_json(raw)
+                for job_id, raw in zip(job_ids, raws, strict=True) if raw is not None}
+
     def list_jobs(self, tenant_id: str, where: JobFilter, *, limit: int,
              cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
         """A tenant's jobs, newest first, and the cursor of the next page (None at the end);

@@ -53,7 +53,7 @@ T = TypeVar("T")
 StopReason = Literal["canceled", "deadline", "timeout", "stale"]
 # How long a run past its budget has to stop at a safe point before housekeeping fails its job.
 STOP_GRACE_SECONDS = 30.0
-# A run asks Redis whether it must stop at most this often (engines poll at every step).
+# How often each worker process asks Redis whether its runs must stop (one read for all).
 STOP_CHECK_SECONDS = 0.5
 
 
@@ -62,13 +62,11 @@ class ActiveRun:
     """A stage running in this process: its lease and holder id, its fencing token (once
     claimed), when it last made progress, and why it must stop."""
 
-    jobs: JobStore
     lease: str
     holder: str
     run: StageRun | None = None
     beat_at: float = field(default_factory=time.monotonic)
     stop_reason: StopReason | None = None
-    checked_at: float = 0.0
 
     def beat(self) -> None:
         """Record that the work moved forward (an input prepared, a token decoded)."""
@@ -81,36 +79,24 @@ class ActiveRun:
 
     def should_stop(self) -> bool:
         """Polled at safe points (between inputs, at each decoding step): counts as progress,
-        and True once the run must stop (canceled, timed out, over budget or taken over)."""
+        and True once the run must stop (canceled, timed out, over budget or taken over).
+        It never waits on Redis: the process's stop watch sets the reason."""
         self.beat()
-        now = time.monotonic()
-        if self.stop_reason is None and now - self.checked_at >= STOP_CHECK_SECONDS:
-            self.checked_at = now
-            reason = self._reason_to_stop()
-            if reason is not None:
-                self.stop(reason)
         return self.stop_reason is not None
 
-    def _reason_to_stop(self) -> StopReason | None:
-        assert self.run is not None
-        try:
-            record = self.jobs.get(self.run.job_id)
-        except JobNotFound:
-            return "stale"
-        except Exception as error:  # Redis is away: keep working; the writes are fenced anyway
-            if is_transient(error):
-                return None
-            raise
-        if not holds(record, self.run):
-            return "stale"
-        if record.status is JobStatus.canceling:
-            return "canceled"
-        now = utcnow()
-        if record.run_deadline_at is not None and record.run_deadline_at < now:
-            return "deadline"
-        if record.stage_deadline_at is not None and record.stage_deadline_at < now:
-            return "timeout"
-        return None
+
+def reason_to_stop(record: JobRecord | None, run: StageRun) -> StopReason | None:
+    """Why run must stop, given its job as stored now (None: the job is gone)."""
+    if record is None or not holds(record, run):
+        return "stale"
+    if record.status is JobStatus.canceling:
+        return "canceled"
+    now = utcnow()
+    if record.run_deadline_at is not None and record.run_deadline_at < now:
+        return "deadline"
+    if record.stage_deadline_at is not None and record.stage_deadline_at < now:
+        return "timeout"
+    return None
 
 
 @dataclass
@@ -211,6 +197,27 @@ class WorkerClients:
                 touch_heartbeat(self.settings.HEARTBEAT_FILE)
             threading.Event().wait(period)
 
+    def watch_runs(self) -> None:
+        """Forever: read the jobs of this process's runs (one MGET) and tell each run whether
+        it must stop. A separate thread, so an engine step never waits on Redis."""
+        while True:
+            with self.runs_lock:
+                runs = [active for active in self.runs.values()
+                        if active.run is not None and active.stop_reason is None]
+            try:
+                records = self.jobs.get_many([cast(StageRun, a.run).job_id for a in runs])
+            except Exception as error:  # Redis is away: keep working; the writes are fenced
+                if not is_transient(error):
+                    log.exception("could not check whether runs must stop")
+                records = {}
+            else:
+                for active in runs:
+                    run = cast(StageRun, active.run)
+                    reason = reason_to_stop(records.get(run.job_id), run)
+                    if reason is not None:
+                        active.stop(reason)
+            threading.Event().wait(STOP_CHECK_SECONDS)
+
     def _tend_runs(self) -> bool:
         """Renew the leases of runs that progress within budget; stop, fail or let go of the
         others. False when a run here is wedged (stalled, or not stopping past its budget)."""
@@ -304,7 +311,7 @@ def run_stage(clients: WorkerClients, job_id: str, queue: str, stage: WorkStage,
     the process that ended it may have died before queuing it. Passing Redis or S3 errors are
     retried in place; if they last, the stage is re-queued (never failed, never dropped).
     """
-    active = ActiveRun(clients.jobs, f"{job_id}:{stage}", new_holder())
+    active = ActiveRun(f"{job_id}:{stage}", new_holder())
     try:
         _run_leased(clients, active, queue, stage, work)
     except StageGaveUp as error:
@@ -469,6 +476,7 @@ def create_worker_app(name: str, settings: BaseServiceSettings, *, queue: str, t
         setup_tracing(settings.OTEL_SERVICE_NAME, settings)
         _clients = WorkerClients.connect(settings, app)
         threading.Thread(target=_clients.keep_house, name="housekeeping", daemon=True).start()
+        threading.Thread(target=_clients.watch_runs, name="stop-watch", daemon=True).start()
         if on_process_init is not None:
             on_process_init()
 

@@ -12,7 +12,7 @@ from tests.client import submit, wait_terminal
 from tests.webhook_receiver import WebhookReceiver
 
 # Enough forced tokens that generation runs for seconds on the tiny model: time to kill it.
-SLOW_TOKENS = 600
+SLOW_TOKENS = 300
 
 
 def test_sigkilled_inference_process_job_still_completes_exactly_once(

@@ -27,7 +27,10 @@ def clients(settings: BaseServiceSettings) -> WorkerClients:
     local = settings.model_copy(update={
         "KEY_PREFIX": f"{settings.KEY_PREFIX}-runs-{uuid.uuid4().hex[:6]}",
         "STAGE_RETRY_SECONDS": 3.0, "LEASE_SECONDS": 1.0, "STAGE_STALL_SECONDS": 1.0})
-    return WorkerClients.connect(local, create_celery_app("stage-runs-test", local))
+    clients = WorkerClients.connect(local, create_celery_app("stage-runs-test", local))
+    # As in a worker process: a thread tells the runs when they must stop.
+    threading.Thread(target=clients.watch_runs, daemon=True).start()
+    return clients
 
 
 def _job(clients: WorkerClients, **fields: object) -> JobRecord:
