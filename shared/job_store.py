@@ -58,6 +58,14 @@ def holds(record: JobRecord, run: StageRun) -> bool:
     return record.status is _RUNNING_STATUS[run.stage]
 
 
+def waiting_for(record: JobRecord, stage: WorkStage) -> bool:
+    """True while the job waits for stage to start (queued, or prepared for inference)."""
+    if stage == "preprocess":
+        return record.status is JobStatus.queued
+    return (record.status is JobStatus.preprocessing
+            and record.times.preprocess_finished_at is not None)
+
+
 def running_stage(record: JobRecord) -> WorkStage:
     """The stage a started job is in (or was in when it was asked to stop)."""
     return "inference" if record.times.inference_started_at is not None else "preprocess"
@@ -339,10 +347,7 @@ class JobStore:
                 record = self.get(job_id)
             except JobNotFound:
                 continue
-            waiting = (record.status is JobStatus.queued if stage == "preprocess" else
-                       record.status is JobStatus.preprocessing
-                       and record.times.preprocess_finished_at is not None)
-            if waiting:
+            if waiting_for(record, cast(WorkStage, stage)):
                 aged.append((record, cast(WorkStage, stage)))
         return aged
 

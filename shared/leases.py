@@ -103,6 +103,11 @@ class LeaseBook:
                 if not self._renew_if_held(keys=[self._expiries, self._key(lease_id)],
                                            args=[lease_id, holder, expiry])]
 
+    def live(self, lease_id: str) -> bool:
+        """True while some run holds the lease and renews it."""
+        expires = self.redis.zscore(self._expiries, lease_id)
+        return expires is not None and expires > time.time()
+
     def release(self, lease_id: str, worker: str) -> None:
         """Drop the lease if worker still holds it."""
         key = self._key(lease_id)

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
@@ -33,6 +34,7 @@ from shared.job_store import (
     stage_timed_out,
     timed_out,
     utcnow,
+    waiting_for,
 )
 from shared.leases import LeaseBook, new_holder, this_worker
 from shared.object_store import JobKeys, ObjectStore
@@ -43,6 +45,7 @@ from shared.schemas import JobRecord, JobStatus, Progress
 from shared.settings import BaseServiceSettings
 from shared.tracing import setup_tracing, shutdown_tracing
 from shared.transient import is_transient
+from shared.unacked_stages import unacked_stages
 from shared.webhook_events import TERMINAL_EVENTS, WebhookEventType, queue_event
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ class ActiveRun:
     lease: str
     holder: str
     run: StageRun | None = None
+    # When its time budget ends (from its claim).
+    budget_ends_at: datetime | None = None
     beat_at: float = field(default_factory=time.monotonic)
     stop_reason: StopReason | None = None
 
@@ -175,6 +180,7 @@ class WorkerClients:
                 if time.monotonic() - redis_back_at > self.settings.LEASE_SECONDS:
                     for lease in self.leases.take_lapsed():
                         self._requeue(lease)
+                    self._resend_unstarted(period)
                 for record in self.jobs.expire_overdue():
                     self.notify_if_terminal(record)
                 for record in self.jobs.fail_timed_out(grace_seconds=STOP_GRACE_SECONDS):
@@ -227,7 +233,8 @@ class WorkerClients:
         renew, healthy = {}, True
         for active in runs:
             stalled = now - active.beat_at > self.settings.STAGE_STALL_SECONDS
-            over_budget = self._seconds_over_budget(active, wall)
+            over_budget = (0.0 if active.budget_ends_at is None
+                           else (wall - active.budget_ends_at).total_seconds())
             if over_budget > 0:
                 active.stop("timeout")
             if stalled or over_budget > STOP_GRACE_SECONDS:
@@ -245,17 +252,6 @@ class WorkerClients:
                     active.stop("stale")
         return healthy
 
-    def _seconds_over_budget(self, active: ActiveRun, now: Any) -> float:
-        if active.run is None:
-            return 0.0
-        try:
-            record = self.jobs.get(active.run.job_id)
-        except JobNotFound:
-            return 0.0
-        if record.stage_deadline_at is None or not holds(record, active.run):
-            return 0.0
-        return cast(float, (now - record.stage_deadline_at).total_seconds())
-
     def _fail_over_budget(self, active: ActiveRun) -> None:
         assert active.run is not None
         try:
@@ -266,6 +262,30 @@ class WorkerClients:
         log.error("job %s failed: its %s stage did not stop past its budget", ended.id,
                   active.run.stage)
         self.notify_if_terminal(ended)
+
+    def _resend_unstarted(self, period: float) -> None:
+        """Send again the stages whose task some worker took from the broker but has not
+        started for two lease periods (it died, or took more than it can run), instead of
+        letting them wait for the visibility timeout. One process per round looks, and each
+        task is sent again once; a copy that comes second is dropped by the lease and claim."""
+        client, prefix = self.jobs.redis, self.settings.KEY_PREFIX
+        if not client.set(f"{prefix}:unacked-sweep", this_worker(), nx=True,
+                          px=int(period * 1000)):
+            return
+        for held in unacked_stages(client, older_than=2 * self.settings.LEASE_SECONDS):
+            try:
+                record = self.jobs.get(held.job_id)
+            except JobNotFound:
+                continue
+            if (not waiting_for(record, held.stage)
+                    or self.leases.live(f"{held.job_id}:{held.stage}")):
+                continue
+            if client.set(f"{prefix}:resent:{held.delivery_tag}", "1", nx=True,
+                          ex=self.settings.VISIBILITY_TIMEOUT_SECONDS):
+                log.warning("sending the %s of job %s again: its task was taken %.0f s ago "
+                            "and never started", held.stage, held.job_id,
+                            time.time() - held.taken_at)
+                send_stage(self.celery, record, held.stage)
 
     def _requeue(self, lease: str) -> None:
         """Send a stage whose holder went silent again, at its job's priority; fail it instead
@@ -386,6 +406,7 @@ def _run_claimed(clients: WorkerClients, active: ActiveRun, stage: WorkStage,
                   lambda: clients.notify_if_terminal(claim.record))
         return True
     active.run = StageRun(job_id, stage, claim.record.attempts[stage])
+    active.budget_ends_at = claim.record.stage_deadline_at
     try:
         try:
             ended = _retrying(clients, active, "do its work", lambda: work(claim.record, active))

@@ -42,7 +42,7 @@ def fault_stack(fault_redis: RedisServer, tiny_model_dir: Path,
     stack = LocalStack(
         work_dir=tmp_path_factory.mktemp("fault-stack"), redis_url=fault_redis.url,
         model_path=tiny_model_dir, key_prefix="faults", heartbeat_stale_seconds=30,
-        extra_env={"LEASE_SECONDS": "3", "WEBHOOK_TIMEOUT_SECONDS": "3",
+        extra_env={"LEASE_SECONDS": "6", "WEBHOOK_TIMEOUT_SECONDS": "3",
                    "WEBHOOK_BACKOFF_BASE_SECONDS": "0.2", "WEBHOOK_BACKOFF_MAX_SECONDS": "1",
                    "PREPARED_CACHE": "false", "SUPERVISOR_HEARTBEAT_STALE_SECONDS": "30",
                    "SUPERVISOR_STARTUP_SECONDS": "120", "MAX_IN_FLIGHT": "4"})

@@ -5,14 +5,18 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
+import kombu
 import pytest
 import redis
 from minio.error import S3Error
 
-from shared.celery_factory import create_celery_app
+from shared.celery_factory import ResilientRedisTransport, create_celery_app
+from shared.dispatch import send_stage
 from shared.errors import ErrorCode, JobCanceled, TesseraError
 from shared.job_store import JobStore, StageRun, utcnow
+from shared.queues import inference_queue
 from shared.schemas import JobRecord, JobStatus, Progress, StageTimes
 from shared.settings import BaseServiceSettings
 from shared.worker_runtime import ActiveRun, WorkerClients, run_stage
@@ -175,3 +179,36 @@ def _s3_error(code: str, status: int) -> S3Error:
             self.status = status
 
     return S3Error(Response(), code, "try later", "/b/k", "r", "h")  # type: ignore[arg-type]
+
+
+def test_a_task_taken_but_never_started_is_sent_again_without_waiting_an_hour(
+        clients: WorkerClients) -> None:
+    # Prepared and waiting for a model nobody serves here, so only this test reads its queue.
+    record = _job(clients, model=f"unserved-{uuid.uuid4().hex[:6]}",
+                  status=JobStatus.preprocessing,
+                  times=StageTimes(created_at=utcnow(), preprocess_finished_at=utcnow()))
+    queue = inference_queue(record.model)
+    send_stage(clients.celery, record, "inference")
+    # A worker takes the task (kombu records it as unacknowledged) and dies before starting it.
+    api: Any = kombu
+    connection = api.Connection(clients.settings.REDIS_URL,
+                                transport=ResilientRedisTransport)
+    taken: list[Any] = []
+    consumer = connection.Consumer(api.Queue(queue), accept=["json"],
+                                   callbacks=[lambda _, message: taken.append(message)])
+    consumer.qos(prefetch_count=1)
+    consumer.consume()
+    connection.drain_events(timeout=5)
+    assert len(taken) == 1 and clients.jobs.redis.llen(queue) == 0
+    try:
+        clients._resend_unstarted(period=0.01)
+        assert clients.jobs.redis.llen(queue) == 0  # not yet: it may just be starting
+        time.sleep(2 * clients.settings.LEASE_SECONDS + 0.2)
+        clients._resend_unstarted(period=0.01)
+        assert clients.jobs.redis.llen(queue) == 1
+        time.sleep(0.05)
+        clients._resend_unstarted(period=0.01)
+        assert clients.jobs.redis.llen(queue) == 1  # each task is sent again once
+    finally:
+        taken[0].ack()
+        clients.jobs.redis.delete(queue)
