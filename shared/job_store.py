@@ -357,13 +357,14 @@ class JobStore:
             f"{self.prefix}:deadlines", 0, utcnow().timestamp(), start=0, num=limit))
         ended = []
         for job_id in overdue:
-            if not self.redis.zrem(f"{self.prefix}:deadlines", job_id):
-                continue
+            # The transition is atomic and idempotent: whoever changes the job handles it, and
+            # the entry goes only after that, so a sweeper dying halfway loses nothing.
             try:
                 transition = self._update(job_id, _expire_if_queued)
             except JobNotFound:
-                continue
-            if transition.changed:
+                transition = None
+            self.redis.zrem(f"{self.prefix}:deadlines", job_id)
+            if transition is not None and transition.changed:
                 ended.append(transition.record)
         return ended
 
@@ -375,27 +376,29 @@ class JobStore:
                                                        num=limit))
         ended = []
         for job_id in due:
-            if not self.redis.zrem(self._timeouts, job_id):
-                continue
-
-            def fail(record: JobRecord) -> JobRecord | None:
-                if record.status.terminal:
-                    return None
-                deadline = cast(datetime, record.run_deadline_at).timestamp()
-                running = record.status in (JobStatus.inferring, JobStatus.canceling) or (
-                    record.status is JobStatus.preprocessing
-                    and record.times.preprocess_finished_at is None)
-                if running and now < deadline + grace_seconds:
-                    # Its run stops itself at the next safe point; look again after the grace.
-                    self.redis.zadd(self._timeouts, {record.id: deadline + grace_seconds})
-                    return None
-                stage: Stage = running_stage(record) if running else (
-                    "inference" if record.status is JobStatus.preprocessing else "ingest")
-                return _failed(record, timed_out(record), stage)
-
             try:
-                transition = self._update(job_id, fail)
+                record = self.get(job_id)
             except JobNotFound:
+                self.redis.zrem(self._timeouts, job_id)
+                continue
+            if record.status.terminal:
+                self.redis.zrem(self._timeouts, job_id)
+                continue
+            running = record.status in (JobStatus.inferring, JobStatus.canceling) or (
+                record.status is JobStatus.preprocessing
+                and record.times.preprocess_finished_at is None)
+            deadline = cast(datetime, record.run_deadline_at).timestamp()
+            if running and now < deadline + grace_seconds:
+                # Its run stops itself at the next safe point; look again after the grace.
+                self.redis.zadd(self._timeouts, {job_id: deadline + grace_seconds})
+                continue
+            stage: Stage = running_stage(record) if running else (
+                "inference" if record.status is JobStatus.preprocessing else "ingest")
+            # Failing is atomic and idempotent; the entry goes with the job's end (retention).
+            try:
+                transition = self.fail(job_id, timed_out(record), stage)
+            except JobNotFound:
+                self.redis.zrem(self._timeouts, job_id)
                 continue
             if transition.changed:
                 ended.append(transition.record)

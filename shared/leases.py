@@ -49,13 +49,19 @@ redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
 return 1
 """
 
-# Remove a lease whose expiry is still past (1); leave a renewed one alone (0).
+# Take a lease whose expiry is still past (1) from its silent holder, keeping its entry due again
+# at ARGV[3] in case the taker dies before re-queuing the stage; leave a renewed one alone (0).
 _TAKE_IF_LAPSED = """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
+"""
+# Drop a taken lease once its stage is re-queued, unless a new run holds it already.
+_SETTLE_TAKEN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
 
@@ -69,6 +75,7 @@ class LeaseBook:
         self._expiries = f"{prefix}:leases"
         self._take_if_lapsed = client.register_script(_TAKE_IF_LAPSED)
         self._renew_if_held = client.register_script(_RENEW_IF_HELD)
+        self._settle_taken = client.register_script(_SETTLE_TAKEN)
 
     def _key(self, lease_id: str) -> str:
         return f"{self.prefix}:lease:{lease_id}"
@@ -125,11 +132,16 @@ class LeaseBook:
                 pass  # someone took the lease over meanwhile: it is theirs now
 
     def take_lapsed(self, limit: int = 50) -> list[str]:
-        """Claim lapsed leases (each by one caller only) and return their ids to re-queue."""
+        """Claim lapsed leases (each by one caller only) and return their ids to re-queue; call
+        settle_taken once a stage is re-queued (an unsettled one lapses again and is retaken)."""
         now = time.time()
         lapsed = cast(list[str], self.redis.zrangebyscore(self._expiries, 0, now,
                                                           start=0, num=limit))
         # Atomic: a lease renewed or re-taken since the read above is left alone.
         return [lease_id for lease_id in lapsed
                 if self._take_if_lapsed(keys=[self._expiries, self._key(lease_id)],
-                                        args=[lease_id, now])]
+                                        args=[lease_id, now, now + self.seconds])]
+
+    def settle_taken(self, lease_id: str) -> None:
+        """Forget a lease taken from a silent holder now that its stage is re-queued."""
+        self._settle_taken(keys=[self._expiries, self._key(lease_id)], args=[lease_id])

@@ -142,6 +142,18 @@ def retry_horizon_seconds(*, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     return sum(waits) + max_attempts * timeout
 
 
+# A claimed delivery stays scheduled this far ahead until its taker settles it, so a poller that
+# dies between claiming and queuing it loses nothing.
+CLAIM_SECONDS = 30.0
+# Push a due entry's time to ARGV[3] if it is still due (1), so one poller alone takes it.
+_CLAIM_DUE = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
 class WebhookOutbox:
     """A job's webhook events in Redis, numbered in creation order, and the delivery schedule."""
 
@@ -149,6 +161,7 @@ class WebhookOutbox:
         self.redis = client
         self.prefix = prefix
         self.schedule_key = f"{prefix}:webhook:schedule"
+        self._claim = client.register_script(_CLAIM_DUE)
 
     def _events_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:webhook-events"
@@ -200,12 +213,16 @@ class WebhookOutbox:
         self.redis.zadd(self.schedule_key, {delivery.model_dump_json(): due_at})
 
     def take_due(self, now: float, limit: int = 100) -> list[WebhookDelivery]:
-        """Remove and return deliveries due by now; each goes to exactly one caller."""
+        """Claim and return deliveries due by now, each for one caller only; call settle once a
+        delivery is queued (an unsettled one falls due again after CLAIM_SECONDS)."""
         due = cast(list[str], self.redis.zrangebyscore(self.schedule_key, "-inf", now,
                                                        start=0, num=limit))
-        # ZREM answers 1 to one caller only, so concurrent pollers never take the same entry.
         return [WebhookDelivery.model_validate(json.loads(member)) for member in due
-                if self.redis.zrem(self.schedule_key, member)]
+                if self._claim(keys=[self.schedule_key], args=[member, now, now + CLAIM_SECONDS])]
+
+    def settle(self, delivery: WebhookDelivery) -> None:
+        """Forget a claimed delivery now that it is queued."""
+        self.redis.zrem(self.schedule_key, delivery.model_dump_json())
 
 
 def queue_event(celery: Celery, client: redis.Redis, prefix: str, record: JobRecord,

@@ -180,6 +180,7 @@ class WorkerClients:
                 if time.monotonic() - redis_back_at > self.settings.LEASE_SECONDS:
                     for lease in self.leases.take_lapsed():
                         self._requeue(lease)
+                        self.leases.settle_taken(lease)
                     self._resend_unstarted(period)
                 for record in self.jobs.expire_overdue():
                     self.notify_if_terminal(record)

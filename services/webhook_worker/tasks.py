@@ -58,6 +58,7 @@ def queue_due_deliveries() -> None:
                                                 queue=WEBHOOK_QUEUE)
                 finally:
                     context.detach(token)
+                sender.outbox.settle(delivery)
         except Exception as error:  # a Redis hiccup must not end the loop
             if is_transient(error):
                 log.warning("webhook schedule: Redis is away (%s: %s); retrying",

@@ -60,3 +60,28 @@ def test_only_the_holder_renews_a_lease(jobs: JobStore) -> None:
     assert book.renew({"job_6:inference": "otherhost/1#frozen"}) == ["job_6:inference"]
     time.sleep(0.3)
     assert book.take_lapsed() == ["job_6:inference"]
+
+
+def test_a_lease_taken_from_a_silent_holder_comes_back_until_its_stage_is_requeued(
+        jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_7:inference", "otherhost/1#silent")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_7:inference"]
+    assert book.take_lapsed() == []  # taken: no other sweeper gets it now
+    # The sweeper died before re-queuing the stage: the lease is due again.
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_7:inference"]
+    book.settle_taken("job_7:inference")
+    time.sleep(0.3)
+    assert book.take_lapsed() == []
+
+
+def test_a_run_may_take_a_lease_taken_from_its_silent_holder_at_once(jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_8:inference", "otherhost/1#silent")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_8:inference"]
+    assert book.acquire("job_8:inference", "otherhost/2#new") is None
+    book.settle_taken("job_8:inference")  # the new holder's lease stays
+    assert book.live("job_8:inference")

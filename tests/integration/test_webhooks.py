@@ -27,6 +27,7 @@ from shared.object_store import ObjectStore
 from shared.schemas import JobStatus
 from shared.settings import BaseServiceSettings, WebhookSigningSettings
 from shared.webhook_events import (
+    CLAIM_SECONDS,
     AttemptInFlight,
     DeliveryLedger,
     WebhookDelivery,
@@ -365,3 +366,17 @@ def test_attempt_cut_off_by_a_dead_worker_is_sent_again_promptly_with_the_same_i
         assert ids == [event.id, event.id]
         outcomes = [(a.number, a.outcome) for a in sender.ledger.attempts(record.id)]
         assert outcomes == [(1, "interrupted"), (1, "delivered")]
+
+
+def test_a_due_delivery_is_taken_by_one_poller_and_comes_back_unless_settled(
+        settings: BaseServiceSettings) -> None:
+    outbox = WebhookOutbox(JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX).redis,
+                           f"{settings.KEY_PREFIX}-outbox-{uuid.uuid4().hex[:6]}")
+    delivery = WebhookDelivery(job_id="job_x", event_id="evt_job_x_succeeded")
+    outbox.schedule(delivery, time.time())
+    [taken] = outbox.take_due(time.time())
+    assert outbox.take_due(time.time()) == []
+    # The poller died before queuing it: it falls due again.
+    assert outbox.take_due(time.time() + CLAIM_SECONDS + 1) == [taken]
+    outbox.settle(taken)
+    assert outbox.take_due(time.time() + 2 * CLAIM_SECONDS + 1) == []
