@@ -161,10 +161,25 @@ class WorkerClients:
         queue_event(self.celery, self.jobs.redis, self.settings.KEY_PREFIX, record, event_type,
                     data)
 
-    def keep_house(self) -> None:
+    def keep_alive(self) -> None:
         """Forever: renew the leases of runs that progress, let go of stalled ones, stop runs
-        past their budget, beat the heartbeat file, re-queue stages whose holder went silent,
-        expire and time out jobs, and purge jobs whose retention ended.
+        past their budget, and touch the heartbeat file while this process's work progresses.
+        A thread of its own, so slow sweeps under load never delay a renewal."""
+        period = self.settings.LEASE_SECONDS / 3
+        while True:
+            healthy = True
+            try:
+                healthy = self._tend_runs()
+            except Exception as error:  # a Redis hiccup must not end the heartbeat
+                _log_failure("lease renewal", error)
+            # Liveness does not depend on Redis: only on this process's own work progressing.
+            if healthy and self.settings.HEARTBEAT_FILE is not None:
+                touch_heartbeat(self.settings.HEARTBEAT_FILE)
+            threading.Event().wait(period)
+
+    def keep_house(self) -> None:
+        """Forever: re-queue stages whose holder went silent or whose task was never started,
+        expire and time out jobs, promote aged batch jobs and purge jobs whose retention ended.
 
         Every worker process runs this; each item is claimed atomically, so any one of them
         handles it once, and a deployment scaled to zero GPUs still expires and purges jobs.
@@ -174,9 +189,7 @@ class WorkerClients:
         # renew before this process takes lapsed ones (or it would restart every live run).
         redis_back_at = time.monotonic()
         while True:
-            healthy = True
             try:
-                healthy = self._tend_runs()
                 if time.monotonic() - redis_back_at > self.settings.LEASE_SECONDS:
                     for lease in self.leases.take_lapsed():
                         self._requeue(lease)
@@ -192,16 +205,10 @@ class WorkerClients:
                     send_stage(self.celery, record, stage, priority=CELERY_PRIORITY["interactive"])
                 for record in self.jobs.take_expired_retention():
                     self.objects.delete_prefix(JobKeys(record.id).prefix)
-            except Exception as error:  # a Redis hiccup must not end the heartbeat
-                if not is_transient(error):
-                    log.exception("housekeeping failed; retrying")
-                else:
+            except Exception as error:  # a Redis hiccup must not end housekeeping
+                if is_transient(error):
                     redis_back_at = time.monotonic()
-                    log.warning("housekeeping: Redis or S3 is away (%s: %s); retrying",
-                                type(error).__name__, error)
-            # Liveness does not depend on Redis: only on this process's own work progressing.
-            if healthy and self.settings.HEARTBEAT_FILE is not None:
-                touch_heartbeat(self.settings.HEARTBEAT_FILE)
+                _log_failure("housekeeping", error)
             threading.Event().wait(period)
 
     def watch_runs(self) -> None:
@@ -425,6 +432,15 @@ def _run_claimed(clients: WorkerClients, active: ActiveRun, stage: WorkStage,
     return True
 
 
+def _log_failure(what: str, error: Exception) -> None:
+    """One line for an outage of Redis or S3 (it repeats every round); a traceback otherwise."""
+    if is_transient(error):
+        log.warning("%s: Redis or S3 is away (%s: %s); retrying", what, type(error).__name__,
+                    error)
+    else:
+        log.exception("%s failed; retrying", what)
+
+
 def _end_run(clients: WorkerClients, active: ActiveRun, error: BaseException) -> JobRecord:
     """End the job of a run whose work stopped or failed (StaleRun when it no longer may)."""
     run = active.run
@@ -497,8 +513,10 @@ def create_worker_app(name: str, settings: BaseServiceSettings, *, queue: str, t
         global _clients
         setup_tracing(settings.OTEL_SERVICE_NAME, settings)
         _clients = WorkerClients.connect(settings, app)
-        threading.Thread(target=_clients.keep_house, name="housekeeping", daemon=True).start()
-        threading.Thread(target=_clients.watch_runs, name="stop-watch", daemon=True).start()
+        for loop, thread_name in ((_clients.keep_alive, "lease-heartbeat"),
+                                  (_clients.keep_house, "housekeeping"),
+                                  (_clients.watch_runs, "stop-watch")):
+            threading.Thread(target=loop, name=thread_name, daemon=True).start()
         if on_process_init is not None:
             on_process_init()
 
