@@ -325,7 +325,7 @@ class ProcessSupervisor:
                     pid)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def _spawn(self, slot: _Slot) -> None:
@@ -346,6 +346,14 @@ class ProcessSupervisor:
         log.info("started %s (pid %d): %s %s", slot.spec.name, slot.process.pid,
                  " ".join(f"{key}={value}" for key, value in sorted(slot.spec.env.items())),
                  " ".join(slot.spec.command))
+
+
+def _running(pid: int) -> bool:
+    """True while pid exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def main(command_factory: CommandFactory = celery_command) -> int:

@@ -253,6 +253,7 @@ def test_a_restarted_supervisor_kills_a_worker_left_from_before(
     old.start()
     leftover = old.pids()["m-r0"]
     assert leftover is not None
+    wait_for((tmp_path / "m-r0.env").exists)  # running its own command by now
     new = ProcessSupervisor([spec], state_dir=tmp_path / "state", stop_timeout_seconds=5)
     new.start()
     try:
