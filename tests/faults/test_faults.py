@@ -148,7 +148,7 @@ def test_s3_freeze(new_trial: Callable[[str], Trial], fault_stack: LocalStack) -
 
 def test_frozen_replica_is_fenced_off_after_another_took_its_jobs(
         new_trial: Callable[[str], Trial], fault_stack: LocalStack) -> None:
-    trial = new_trial("inference replica frozen 20 s while another runs")
+    trial = new_trial("inference replica frozen until the other finished its jobs")
     [frozen] = replica_pids(fault_stack, SECOND_REPLICA)
     submitting(trial, count=12, slow=True).join()
     trial.wait_for(inferring_in(frozen), 90, "a job generating in the second replica")
