@@ -1,5 +1,6 @@
 """The supervisor: workers pinned to their planned GPUs, restarted when they die, stopped warm."""
 
+import contextlib
 import json
 import os
 import signal
@@ -261,6 +262,8 @@ def test_a_restarted_supervisor_kills_a_worker_left_from_before(
         assert new.pids()["m-r0"] not in (None, leftover)
     finally:
         new.stop()
+        with contextlib.suppress(ProcessLookupError):  # never leak it if the test failed
+            os.kill(leftover, signal.SIGKILL)
 
 
 def test_a_worker_whose_heartbeat_stops_is_killed_and_restarted(
