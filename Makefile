@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install model demo run test lint typecheck clean
+.PHONY: install model demo run test test-faults lint typecheck clean
 
 ENGINE_WHEELS := scripts/engine_wheels
 $(STAMP): pyproject.toml client/pyproject.toml $(ENGINE_WHEELS)/install_cpu.sh \
@@ -30,6 +30,10 @@ demo: model
 
 test: model
 	$(BIN)/python -m pytest
+
+# SIGKILLs, restarts and freezes every part of a system started for it (about 6 minutes).
+test-faults: model
+	$(BIN)/python -m pytest -m faults tests/faults
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,5 +1,7 @@
 """Starts the whole system as local processes: Redis and S3 (configured or embedded), both APIs
-and the three kinds of worker. Used by `make demo`, `make run` and the end-to-end tests."""
+and the three kinds of worker, and keeps them up as a process manager would: a service that dies
+is restarted, and a worker whose heartbeat goes stale is killed and restarted. Used by
+`make demo`, `make run`, the end-to-end tests and the fault suite."""
 
 import os
 import shutil
@@ -7,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +21,7 @@ import redis
 
 from scripts.build_tiny_model import ensure_tiny_model
 from shared.auth import ApiKeyStore, Scope
+from shared.process_health import heartbeat_age
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -25,6 +29,9 @@ BIN = Path(sys.executable).parent
 LOCAL_TENANT = "local"
 # Embedded stand-ins for Redis and S3, started only when none is configured.
 INFRASTRUCTURE = {"redis", "s3"}
+# Services that beat a heartbeat file while their work progresses (the inference supervisor
+# beats its own and recycles its replicas itself).
+BEATING = {"preprocess-worker", "webhook-worker", "inference-worker"}
 
 
 def free_port() -> int:
@@ -66,7 +73,14 @@ class LocalStack:
     ingest_url: str = ""
     results_url: str = ""
     api_key: str = ""
+    # A worker whose heartbeat is older than this is wedged: killed and restarted.
+    heartbeat_stale_seconds: float = 60.0
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # When each service was restarted after dying (monotonic clock), for operators and tests.
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    _commands: dict[str, list[str]] = field(default_factory=dict)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _watchdog: threading.Thread | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -84,13 +98,20 @@ class LocalStack:
             # A laptop's GPUs are not the system's to take unless configured.
             "GPU_INVENTORY": os.environ.get("GPU_INVENTORY", "none"),
             "PYTHONPATH": str(REPO_ROOT),
+            "SUPERVISOR_STATE_DIR": str(self.work_dir / "supervisor"),
             **self.extra_env,
         }
+
+    def heartbeat_file(self, name: str) -> Path:
+        """Where service name beats while its work progresses."""
+        return self.work_dir / "heartbeat" / name
 
     def start(self) -> "LocalStack":
         """Start infrastructure that is not configured, then every service; wait until ready."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / "logs").mkdir(exist_ok=True)
+        for old_log in (self.work_dir / "logs").glob("*.log"):
+            old_log.unlink()  # readiness is read from the logs of this start only
         self.redis_url = self.redis_url or os.environ.get("REDIS_URL") or self._embedded_redis()
         self.s3_endpoint = (self.s3_endpoint or os.environ.get("S3_ENDPOINT")
                             or self._embedded_s3())
@@ -113,7 +134,47 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+        self._stopping.clear()
+        self._watchdog = threading.Thread(target=self._watch, name="localstack-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
         return self
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Send sig to service name's main process only (as an OOM kill would); its pid."""
+        pid = self.processes[name].pid
+        os.kill(pid, sig)
+        return pid
+
+    def spawn_service(self, name: str, command: list[str]) -> None:
+        """Run one more service process, kept up like the others (e.g. a second replica)."""
+        self._spawn(name, command)
+
+    def _watch(self) -> None:
+        """Restart services that died (with backoff if they keep dying) and kill wedged ones."""
+        while not self._stopping.wait(0.25):
+            now = time.monotonic()
+            for name, process in list(self.processes.items()):
+                if name in INFRASTRUCTURE or self._stopping.is_set():
+                    continue
+                if process.poll() is None:
+                    self._kill_if_wedged(name, process)
+                    continue
+                recent = [at for at in self.restarts.get(name, []) if now - at < 60]
+                if recent and now - recent[-1] < min(10.0, 0.5 * 2 ** len(recent)):
+                    continue
+                with suppress(ProcessLookupError):  # its pool children and replicas too
+                    os.killpg(process.pid, signal.SIGKILL)
+                self.restarts.setdefault(name, []).append(now)
+                self._spawn(name, self._commands[name])
+
+    def _kill_if_wedged(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        if name not in BEATING:
+            return
+        age = heartbeat_age(self.heartbeat_file(name))
+        if age is not None and age > self.heartbeat_stale_seconds:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Block until both APIs answer and every worker said it is ready."""
@@ -133,6 +194,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop every process this stack started (warm shutdown first, then kill)."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
         for process in self.processes.values():
             with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -166,12 +230,17 @@ class LocalStack:
         return " ready." in log and (name != "inference-worker" or "engine ready:" in log)
 
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.work_dir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 - child owns it
+        # Appended to: a restarted service keeps the log of the one before.
+        log = open(self.work_dir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - child owns it
         env = dict(os.environ) if name in INFRASTRUCTURE else self.env
+        if name in BEATING:
+            self.heartbeat_file(name).unlink(missing_ok=True)
+            env = {**env, "HEARTBEAT_FILE": str(self.heartbeat_file(name))}
         # Own process group: stop() ends the Celery pool children with their parent.
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
+        self._commands[name] = command
         return process
 
     def _uvicorn(self, app: str, port: int) -> list[str]:

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     worker_lost = "worker_lost"
     canceled_by_user = "canceled_by_user"
     deadline_exceeded = "deadline_exceeded"
+    stage_timeout = "stage_timeout"
     internal_error = "internal_error"
 
 
@@ -118,6 +119,9 @@ ERRORS: dict[ErrorCode, ErrorInfo] = {
     ErrorCode.canceled_by_user: ErrorInfo(409, "The job was canceled.", False),
     ErrorCode.deadline_exceeded: ErrorInfo(
         504, "The job did not finish before its deadline.", True),
+    ErrorCode.stage_timeout: ErrorInfo(
+        504, "A stage ran past its time budget (the worker was stuck or the job is too big).",
+        True),
     ErrorCode.internal_error: ErrorInfo(500, "An internal error occurred.", True),
 }
 

@@ -3,7 +3,7 @@
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
 import redis
@@ -27,6 +27,48 @@ GONE_TTL_SECONDS = 90 * 24 * 3600
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One run of a job's stage. The attempt number its claim got is its fencing token: every
+    write the run makes is refused once another run claimed the stage or the job ended."""
+
+    job_id: str
+    stage: WorkStage
+    attempt: int
+
+
+class StaleRun(Exception):
+    """A run wrote after it stopped holding its stage (another run took it over, or the job
+    ended without it); the write was refused and the run must stop."""
+
+    def __init__(self, run: StageRun) -> None:
+        super().__init__(f"job {run.job_id}: run {run.attempt} of its {run.stage} stage no "
+                         "longer holds the stage")
+        self.run = run
+
+
+def holds(record: JobRecord, run: StageRun) -> bool:
+    """True while run is the current run of its stage and the job is in that stage."""
+    if record.attempts.get(run.stage) != run.attempt:
+        return False
+    if record.status is JobStatus.canceling:
+        return running_stage(record) == run.stage
+    return record.status is _RUNNING_STATUS[run.stage]
+
+
+def waiting_for(record: JobRecord, stage: WorkStage) -> bool:
+    """True while the job waits for stage to start (queued, or prepared for inference)."""
+    if stage == "preprocess":
+        return record.status is JobStatus.queued
+    return (record.status is JobStatus.preprocessing
+            and record.times.preprocess_finished_at is not None)
+
+
+def running_stage(record: JobRecord) -> WorkStage:
+    """The stage a started job is in (or was in when it was asked to stop)."""
+    return "inference" if record.times.inference_started_at is not None else "preprocess"
 
 
 @dataclass(frozen=True)
@@ -100,6 +142,8 @@ class JobStore:
                       {record.id: record.times.created_at.timestamp()})
             if record.deadline_at is not None:
                 pipe.zadd(f"{self.prefix}:deadlines", {record.id: record.deadline_at.timestamp()})
+            if record.run_deadline_at is not None:
+                pipe.zadd(self._timeouts, {record.id: record.run_deadline_at.timestamp()})
             created, *_ = pipe.execute()
         if not created:
             raise ValueError(f"job {record.id} already exists")
@@ -111,6 +155,14 @@ class JobStore:
             tenant = cast(str | None, self.redis.get(f"{self.prefix}:gone:{job_id}"))
             raise JobNotFound(job_id) if tenant is None else JobGone(job_id, tenant)
         return JobRecord.model_validate_json(raw)
+
+    def get_many(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        """The stored jobs among job_ids (in one read), by id; missing ones are left out."""
+        if not job_ids:
+            return {}
+        raws = cast(list[str | None], self.redis.mget([self._key(job_id) for job_id in job_ids]))
+        return {job_id: JobRecord.model_validate_json(raw)
+                for job_id, raw in zip(job_ids, raws, strict=True) if raw is not None}
 
     def list_jobs(self, tenant_id: str, where: JobFilter, *, limit: int,
              cursor: str | None = None) -> tuple[list[JobRecord], str | None]:
@@ -156,25 +208,36 @@ class JobStore:
             {self.events_key(job_id): after}, block=int(block_seconds * 1000)))
         return batches[0][1] if batches else []
 
-    def set_progress(self, job_id: str, progress: Progress) -> None:
-        """Remember how far a running job is (read by GET /v1/jobs/{id})."""
-        self.redis.set(f"{self.prefix}:job:{job_id}:progress", progress.model_dump_json(),
-                       ex=MAX_OPEN_SECONDS)
+    def set_progress(self, run: StageRun, progress: Progress) -> None:
+        """Remember how far a running job is (read by GET /v1/jobs/{id}); StaleRun if run no
+        longer holds its stage."""
+        self._fenced_write(run, lambda pipe: pipe.set(
+            f"{self.prefix}:job:{run.job_id}:progress", progress.model_dump_json(),
+            ex=MAX_OPEN_SECONDS))
 
     def progress(self, job_id: str) -> Progress | None:
         """How far a running job is, if its worker said."""
         raw = cast(str | None, self.redis.get(f"{self.prefix}:job:{job_id}:progress"))
         return None if raw is None else Progress.model_validate_json(raw)
 
-    def append_output(self, job_id: str, delta: str) -> None:
-        """Record a piece of a running job's answer as an "output" event."""
-        self.redis.xadd(self.events_key(job_id),
-                        {"type": "output", "data": json.dumps({"delta": delta})})
+    def append_output(self, run: StageRun, delta: str) -> None:
+        """Record a piece of a running job's answer as an "output" event; StaleRun if run no
+        longer holds its stage."""
+        self._fenced_write(run, lambda pipe: pipe.xadd(
+            self.events_key(run.job_id), {"type": "output", "data": json.dumps({"delta": delta})}))
 
-    def claim(self, job_id: str, stage: WorkStage, *, max_attempts: int,
-              worker: str) -> Transition:
-        """Start (or restart) a stage in worker; ends the job instead when it was canceled, its
-        deadline passed before it started, or the stage used up its attempts."""
+    def check(self, run: StageRun) -> JobRecord:
+        """The job while run still holds its stage; StaleRun otherwise (before a write to S3)."""
+        record = self.get(run.job_id)
+        if not holds(record, run):
+            raise StaleRun(run)
+        return record
+
+    def claim(self, job_id: str, stage: WorkStage, *, max_attempts: int, worker: str,
+              budget_seconds: float | None = None) -> Transition:
+        """Start (or restart) a stage in worker, with budget_seconds to finish it; ends the job
+        instead when it was canceled, its deadline or timeout passed, or the stage used up its
+        attempts. The claimed record's attempts[stage] is the run's fencing token."""
         current = self.get(job_id)
         if stage == "preprocess" and current.times.preprocess_finished_at is not None:
             # An aged batch job's promoted copy already ran this stage (never unset again).
@@ -185,20 +248,24 @@ class JobStore:
                 return None
             if record.status is JobStatus.canceling:
                 return _ended(record, JobStatus.canceled, CANCELED, stage)
+            now = utcnow()
             if (record.status is JobStatus.queued and record.deadline_at is not None
-                    and record.deadline_at < utcnow()):
+                    and record.deadline_at < now):
                 return _ended(record, JobStatus.expired, _expired(record), stage)
+            if record.run_deadline_at is not None and record.run_deadline_at < now:
+                return _failed(record, timed_out(record), stage)
             attempts = record.attempts.get(stage, 0)
             if attempts >= max_attempts:
                 return _failed(record, TesseraError(
                     ErrorCode.worker_lost,
                     f"The {stage} stage was interrupted {attempts} times (its worker process "
-                    "died); the job was stopped to protect the service. Retry it, or send "
-                    "smaller media if it keeps failing."), stage)
+                    "died, or Redis or S3 kept failing); the job was stopped to protect the "
+                    "service. Retry it, or send smaller media if it keeps failing."), stage)
             record.attempts = {**record.attempts, stage: attempts + 1}
             record.status = _RUNNING_STATUS[stage]
             record.worker = worker
-            now = utcnow()
+            record.stage_deadline_at = (now + timedelta(seconds=budget_seconds)
+                                        if budget_seconds is not None else None)
             if stage == "preprocess":
                 record.times.preprocess_started_at = now
             else:
@@ -207,32 +274,33 @@ class JobStore:
 
         return self._update(job_id, start)
 
-    def finish_preprocess(self, job_id: str) -> Transition:
+    def finish_preprocess(self, run: StageRun) -> Transition:
         """Record that inputs are prepared; the job waits for an inference worker next."""
 
-        def finish(record: JobRecord) -> JobRecord | None:
-            if record.status.terminal:
-                return None
+        def finish(record: JobRecord) -> JobRecord:
             record.times.preprocess_finished_at = utcnow()
+            record.stage_deadline_at = None
             return record
 
-        return self._update(job_id, finish)
+        return self._update_run(run, finish)
 
-    def succeed(self, job_id: str, result_key: str) -> Transition:
-        """Mark the job succeeded with its result, unless it already ended."""
+    def succeed(self, run: StageRun, result_key: str) -> Transition:
+        """Mark the job succeeded with its result; StaleRun if run no longer holds the stage."""
 
-        def succeed(record: JobRecord) -> JobRecord | None:
-            if record.status.terminal:
-                return None
+        def succeed(record: JobRecord) -> JobRecord:
             record.status = JobStatus.succeeded
             record.result_key = result_key
             record.times.finished_at = utcnow()
             return record
 
-        return self._update(job_id, succeed)
+        return self._update_run(run, succeed)
 
-    def fail(self, job_id: str, error: TesseraError, stage: Stage) -> Transition:
-        """Mark the job failed with a coded error, unless it already ended."""
+    def fail(self, job_id: str, error: TesseraError, stage: Stage,
+             run: StageRun | None = None) -> Transition:
+        """Mark the job failed with a coded error, unless it already ended; given the run
+        that failed it, only while that run holds its stage (StaleRun otherwise)."""
+        if run is not None:
+            return self._update_run(run, lambda record: _failed(record, error, stage))
 
         def fail(record: JobRecord) -> JobRecord | None:
             return None if record.status.terminal else _failed(record, error, stage)
@@ -256,19 +324,10 @@ class JobStore:
 
         return self._update(job_id, cancel)
 
-    def cancel_requested(self, job_id: str) -> bool:
-        """True once a cancel was asked for (a worker's safe-point check)."""
-        return self.get(job_id).status in (JobStatus.canceling, JobStatus.canceled)
-
-    def finish_canceled(self, job_id: str, stage: Stage) -> Transition:
-        """End a job whose worker stopped because it was asked to."""
-
-        def finish(record: JobRecord) -> JobRecord | None:
-            if record.status.terminal:
-                return None
-            return _ended(record, JobStatus.canceled, CANCELED, stage)
-
-        return self._update(job_id, finish)
+    def finish_canceled(self, run: StageRun) -> Transition:
+        """End a job whose run stopped because its owner asked it to."""
+        return self._update_run(run, lambda record: _ended(record, JobStatus.canceled, CANCELED,
+                                                           run.stage))
 
     def schedule_aging(self, job_id: str, stage: WorkStage, after_seconds: float) -> None:
         """Promote a batch job's waiting stage to interactive priority after some time."""
@@ -288,10 +347,7 @@ class JobStore:
                 record = self.get(job_id)
             except JobNotFound:
                 continue
-            waiting = (record.status is JobStatus.queued if stage == "preprocess" else
-                       record.status is JobStatus.preprocessing
-                       and record.times.preprocess_finished_at is not None)
-            if waiting:
+            if waiting_for(record, cast(WorkStage, stage)):
                 aged.append((record, cast(WorkStage, stage)))
         return aged
 
@@ -301,11 +357,48 @@ class JobStore:
             f"{self.prefix}:deadlines", 0, utcnow().timestamp(), start=0, num=limit))
         ended = []
         for job_id in overdue:
-            if not self.redis.zrem(f"{self.prefix}:deadlines", job_id):
-                continue
+            # The transition is atomic and idempotent: whoever changes the job handles it, and
+            # the entry goes only after that, so a sweeper dying halfway loses nothing.
             try:
                 transition = self._update(job_id, _expire_if_queued)
             except JobNotFound:
+                transition = None
+            self.redis.zrem(f"{self.prefix}:deadlines", job_id)
+            if transition is not None and transition.changed:
+                ended.append(transition.record)
+        return ended
+
+    def fail_timed_out(self, *, grace_seconds: float, limit: int = 100) -> list[JobRecord]:
+        """Fail jobs past their timeout_seconds that no run is stopping: waiting ones at once,
+        running ones once their run has had grace_seconds to stop at a safe point."""
+        now = utcnow().timestamp()
+        due = cast(list[str], self.redis.zrangebyscore(self._timeouts, 0, now, start=0,
+                                                       num=limit))
+        ended = []
+        for job_id in due:
+            try:
+                record = self.get(job_id)
+            except JobNotFound:
+                self.redis.zrem(self._timeouts, job_id)
+                continue
+            if record.status.terminal:
+                self.redis.zrem(self._timeouts, job_id)
+                continue
+            running = record.status in (JobStatus.inferring, JobStatus.canceling) or (
+                record.status is JobStatus.preprocessing
+                and record.times.preprocess_finished_at is None)
+            deadline = cast(datetime, record.run_deadline_at).timestamp()
+            if running and now < deadline + grace_seconds:
+                # Its run stops itself at the next safe point; look again after the grace.
+                self.redis.zadd(self._timeouts, {job_id: deadline + grace_seconds})
+                continue
+            stage: Stage = running_stage(record) if running else (
+                "inference" if record.status is JobStatus.preprocessing else "ingest")
+            # Failing is atomic and idempotent; the entry goes with the job's end (retention).
+            try:
+                transition = self.fail(job_id, timed_out(record), stage)
+            except JobNotFound:
+                self.redis.zrem(self._timeouts, job_id)
                 continue
             if transition.changed:
                 ended.append(transition.record)
@@ -332,6 +425,41 @@ class JobStore:
             purged.append(record)
         return purged
 
+    @property
+    def _timeouts(self) -> str:
+        return f"{self.prefix}:timeouts"
+
+    def _update_run(self, run: StageRun, mutate: Callable[[JobRecord], JobRecord]) -> Transition:
+        """_update, applied only while run holds its stage (StaleRun otherwise)."""
+
+        def fenced(record: JobRecord) -> JobRecord:
+            if not holds(record, run):
+                raise StaleRun(run)
+            return mutate(record)
+
+        return self._update(run.job_id, fenced)
+
+    def _fenced_write(self, run: StageRun, write: Callable[[redis.client.Pipeline], object],
+                      ) -> None:
+        """Queue write in a transaction that runs only while run holds its stage: the job
+        record is watched, so a takeover between the check and the write aborts it."""
+        key = self._key(run.job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise JobNotFound(run.job_id)
+                    if not holds(JobRecord.model_validate_json(raw), run):
+                        raise StaleRun(run)
+                    pipe.multi()
+                    write(pipe)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
     def _update(self, job_id: str, mutate: Callable[[JobRecord], JobRecord | None]) -> Transition:
         """Apply mutate atomically; None from mutate means no change. A status change records
         its event, and the end of a job starts its retention, in the same transaction."""
@@ -354,6 +482,7 @@ class JobStore:
         expires_at = utcnow().timestamp() + record.retention_seconds
         pipe.zadd(f"{self.prefix}:retention", {record.id: expires_at})
         pipe.zrem(f"{self.prefix}:deadlines", record.id)
+        pipe.zrem(self._timeouts, record.id)
         for key in (self._key(record.id), self.events_key(record.id)):
             pipe.expire(key, record.retention_seconds + 24 * 3600)
 
@@ -375,6 +504,21 @@ def _expired(record: JobRecord) -> TesseraError:
                         f"The job did not start before its deadline ({record.deadline_at}); "
                         "submit it again with a longer queue_ttl_seconds or when the queue is "
                         "shorter.")
+
+
+def timed_out(record: JobRecord) -> TesseraError:
+    """The error of a job that ran past its timeout_seconds."""
+    return TesseraError(ErrorCode.deadline_exceeded,
+                        f"The job did not finish within its timeout of {record.timeout_seconds} "
+                        "s; submit it again with a longer timeout_seconds (or Cancel-After).")
+
+
+def stage_timed_out(stage: WorkStage) -> TesseraError:
+    """The error of a job whose stage ran past its time budget."""
+    return TesseraError(ErrorCode.stage_timeout,
+                        f"The {stage} stage ran past its time budget (a stuck worker, or media "
+                        "or an answer too large to finish in time); retry the job, with smaller "
+                        "media or fewer max_new_tokens if it happens again.")
 
 
 def _expire_if_queued(record: JobRecord) -> JobRecord | None:

@@ -41,13 +41,27 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
-# Remove a lease whose expiry is still past (1); leave a renewed one alone (0).
+# Push back the expiry of a lease only while ARGV[2] holds it (1); a lease that lapsed and was
+# taken over or dropped is left alone (0), so a run woken from a freeze cannot keep it alive.
+_RENEW_IF_HELD = """
+if redis.call('HGET', KEYS[2], 'worker') ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
+# Take a lease whose expiry is still past (1) from its silent holder, keeping its entry due again
+# at ARGV[3] in case the taker dies before re-queuing the stage; leave a renewed one alone (0).
 _TAKE_IF_LAPSED = """
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
+"""
+# Drop a taken lease once its stage is re-queued, unless a new run holds it already.
+_SETTLE_TAKEN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
 
@@ -60,6 +74,8 @@ class LeaseBook:
         self.seconds = seconds
         self._expiries = f"{prefix}:leases"
         self._take_if_lapsed = client.register_script(_TAKE_IF_LAPSED)
+        self._renew_if_held = client.register_script(_RENEW_IF_HELD)
+        self._settle_taken = client.register_script(_SETTLE_TAKEN)
 
     def _key(self, lease_id: str) -> str:
         return f"{self.prefix}:lease:{lease_id}"
@@ -86,11 +102,18 @@ class LeaseBook:
                 except redis.WatchError:
                     continue
 
-    def renew(self, lease_ids: list[str]) -> None:
-        """Push back the expiry of leases this process holds."""
-        if lease_ids:
-            expiry = time.time() + self.seconds
-            self.redis.zadd(self._expiries, dict.fromkeys(lease_ids, expiry), xx=True)
+    def renew(self, holders: dict[str, str]) -> list[str]:
+        """Push back the expiry of each lease (id → holder) its holder still has; returns the
+        ids it no longer has (taken over after lapsing), whose runs must stop."""
+        expiry = time.time() + self.seconds
+        return [lease_id for lease_id, holder in holders.items()
+                if not self._renew_if_held(keys=[self._expiries, self._key(lease_id)],
+                                           args=[lease_id, holder, expiry])]
+
+    def live(self, lease_id: str) -> bool:
+        """True while some run holds the lease and renews it."""
+        expires = self.redis.zscore(self._expiries, lease_id)
+        return expires is not None and expires > time.time()
 
     def release(self, lease_id: str, worker: str) -> None:
         """Drop the lease if worker still holds it."""
@@ -109,11 +132,16 @@ class LeaseBook:
                 pass  # someone took the lease over meanwhile: it is theirs now
 
     def take_lapsed(self, limit: int = 50) -> list[str]:
-        """Claim lapsed leases (each by one caller only) and return their ids to re-queue."""
+        """Claim lapsed leases (each by one caller only) and return their ids to re-queue; call
+        settle_taken once a stage is re-queued (an unsettled one lapses again and is retaken)."""
         now = time.time()
         lapsed = cast(list[str], self.redis.zrangebyscore(self._expiries, 0, now,
                                                           start=0, num=limit))
         # Atomic: a lease renewed or re-taken since the read above is left alone.
         return [lease_id for lease_id in lapsed
                 if self._take_if_lapsed(keys=[self._expiries, self._key(lease_id)],
-                                        args=[lease_id, now])]
+                                        args=[lease_id, now, now + self.seconds])]
+
+    def settle_taken(self, lease_id: str) -> None:
+        """Forget a lease taken from a silent holder now that its stage is re-queued."""
+        self._settle_taken(keys=[self._expiries, self._key(lease_id)], args=[lease_id])

@@ -38,9 +38,10 @@ class JobKeys:
         """Where the tiles of the index-th input are stored (a uint8 .npy array)."""
         return f"{self.prefix}prepared/input-{index}.npy"
 
-    def result(self) -> str:
-        """Where the job's result is stored."""
-        return f"{self.prefix}result.json"
+    def result(self, run: int) -> str:
+        """Where run (the attempt number of the inference stage) stores the job's result; the
+        job record names the one that committed, so a stale run never overwrites it."""
+        return f"{self.prefix}result-{run}.json"
 
 
 def _http_client(timeout_seconds: float) -> urllib3.PoolManager:

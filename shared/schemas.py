@@ -158,6 +158,8 @@ class JobCreate(BaseModel):
     queue_ttl_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
     # How long the job and its result are kept after it ends.
     retention_seconds: int | None = Field(default=None, ge=3600, le=90 * 24 * 3600)
+    # A job not finished this many seconds after it was created fails with deadline_exceeded.
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
 
 
 class BatchLine(JobCreate):
@@ -213,6 +215,7 @@ class JobRecord(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     priority: Priority = "interactive"
     deadline_at: datetime | None = None
+    timeout_seconds: int | None = None
     retention_seconds: int
     retry_of: str | None = None
     trace_id: str | None = None
@@ -223,6 +226,14 @@ class JobRecord(BaseModel):
     result_key: str | None = None
     # "host/pid" of the process running the current stage: for operators and fault tests.
     worker: str | None = None
+    # When the running stage's time budget ends (set when the stage is claimed).
+    stage_deadline_at: datetime | None = None
+
+    @property
+    def run_deadline_at(self) -> datetime | None:
+        """When the job must have finished (its timeout_seconds after creation), if bounded."""
+        return (self.times.created_at + timedelta(seconds=self.timeout_seconds)
+                if self.timeout_seconds else None)
 
 
 class JobsPublic(BaseModel):

@@ -1,6 +1,7 @@
 """Settings mixins every service composes into its own settings class (env vars, UPPER_CASE)."""
 
 from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, model_validator
@@ -58,6 +59,25 @@ class BaseServiceSettings(BaseSettings):
     LEASE_SECONDS: float = Field(default=30.0, ge=1)
     # Longer than the longest task, or Redis redelivers tasks that are still running.
     VISIBILITY_TIMEOUT_SECONDS: int = Field(default=3600, ge=60)
+    # A running stage that reports no progress this long is stalled: its lease is let go (the
+    # stage is re-queued elsewhere) and its process stops beating (and is recycled).
+    STAGE_STALL_SECONDS: float = Field(default=120.0, gt=0)
+    # How long a stage keeps retrying passing Redis or S3 errors before it gives its attempt up.
+    STAGE_RETRY_SECONDS: float = Field(default=120.0, ge=0)
+    # Time budgets per attempt: preprocessing, and inference as a base plus seconds per new
+    # token the job may generate (per model: each replica reads its own environment).
+    PREPROCESS_TIMEOUT_SECONDS: float = Field(default=300.0, gt=0)
+    INFERENCE_TIMEOUT_BASE_SECONDS: float = Field(default=60.0, gt=0)
+    INFERENCE_TIMEOUT_PER_TOKEN_SECONDS: float = Field(default=0.1, ge=0)
+    # Touched by each worker process while its work makes progress; liveness checks read its age.
+    HEARTBEAT_FILE: Path | None = None
+
+    def stage_budget_seconds(self, stage: str, max_new_tokens: int) -> float:
+        """How long one attempt at a job's stage may run before it fails with stage_timeout."""
+        if stage == "preprocess":
+            return self.PREPROCESS_TIMEOUT_SECONDS
+        return (self.INFERENCE_TIMEOUT_BASE_SECONDS
+                + self.INFERENCE_TIMEOUT_PER_TOKEN_SECONDS * max_new_tokens)
 
     @property
     def served_models(self) -> list[str]:

@@ -2,6 +2,8 @@
 schedule of due deliveries that the webhook worker polls."""
 
 import json
+import time
+import uuid
 from datetime import datetime
 from typing import Any, Literal, Self, cast
 
@@ -69,11 +71,29 @@ class WebhookDelivery(BaseModel):
     # W3C trace context of whoever scheduled it, so a retry sent from the Redis schedule hours
     # later still joins the job's trace (Celery carries it only inside its own messages).
     trace_context: dict[str, str] = Field(default_factory=dict)
+    # Unique per scheduled attempt: a redelivered copy of the same message is not sent again.
+    token: str = Field(default_factory=lambda: uuid.uuid4().hex)
 
 
 # delivered: 2xx. retrying / failed: another attempt is scheduled / that was the last one.
 # disabled: the receiver answered 410 and its URL is now off. skipped: not sent to a disabled URL.
-Outcome = Literal["delivered", "retrying", "failed", "disabled", "skipped"]
+# interrupted: the worker stopped before the outcome was recorded; it is sent again at once.
+Outcome = Literal["delivered", "retrying", "failed", "disabled", "skipped", "interrupted"]
+
+
+class AttemptInFlight(BaseModel):
+    """An attempt being sent now, recorded (with a lease) before its POST, so that a worker
+    dying before the outcome is recorded costs a prompt resend with the same webhook-id."""
+
+    delivery: WebhookDelivery
+    event_type: WebhookEventType
+    number: int
+    started_at: datetime
+
+
+# What begin() found: go ahead, a copy of a message already handled, or another attempt at the
+# same event still in flight.
+BeginOutcome = Literal["started", "duplicate", "busy"]
 
 
 class DeliveryAttempt(BaseModel):
@@ -122,6 +142,18 @@ def retry_horizon_seconds(*, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     return sum(waits) + max_attempts * timeout
 
 
+# A claimed delivery stays scheduled this far ahead until its taker settles it, so a poller that
+# dies between claiming and queuing it loses nothing.
+CLAIM_SECONDS = 30.0
+# Push a due entry's time to ARGV[3] if it is still due (1), so one poller alone takes it.
+_CLAIM_DUE = """
+local due = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not due or tonumber(due) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+return 1
+"""
+
+
 class WebhookOutbox:
     """A job's webhook events in Redis, numbered in creation order, and the delivery schedule."""
 
@@ -129,6 +161,7 @@ class WebhookOutbox:
         self.redis = client
         self.prefix = prefix
         self.schedule_key = f"{prefix}:webhook:schedule"
+        self._claim = client.register_script(_CLAIM_DUE)
 
     def _events_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:webhook-events"
@@ -180,12 +213,16 @@ class WebhookOutbox:
         self.redis.zadd(self.schedule_key, {delivery.model_dump_json(): due_at})
 
     def take_due(self, now: float, limit: int = 100) -> list[WebhookDelivery]:
-        """Remove and return deliveries due by now; each goes to exactly one caller."""
+        """Claim and return deliveries due by now, each for one caller only; call settle once a
+        delivery is queued (an unsettled one falls due again after CLAIM_SECONDS)."""
         due = cast(list[str], self.redis.zrangebyscore(self.schedule_key, "-inf", now,
                                                        start=0, num=limit))
-        # ZREM answers 1 to one caller only, so concurrent pollers never take the same entry.
         return [WebhookDelivery.model_validate(json.loads(member)) for member in due
-                if self.redis.zrem(self.schedule_key, member)]
+                if self._claim(keys=[self.schedule_key], args=[member, now, now + CLAIM_SECONDS])]
+
+    def settle(self, delivery: WebhookDelivery) -> None:
+        """Forget a claimed delivery now that it is queued."""
+        self.redis.zrem(self.schedule_key, delivery.model_dump_json())
 
 
 def queue_event(celery: Celery, client: redis.Redis, prefix: str, record: JobRecord,
@@ -198,35 +235,85 @@ def queue_event(celery: Celery, client: redis.Redis, prefix: str, record: JobRec
         celery.send_task(WEBHOOK_TASK, kwargs=delivery.model_dump(), queue=WEBHOOK_QUEUE)
 
 
+# Start an attempt: 0 when its message was handled already, 2 when another attempt at the event
+# holds the send lock, else 1 after taking the token, the lock and the in-flight lease.
+_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 2 end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+_BEGIN_OUTCOMES: dict[int, BeginOutcome] = {0: "duplicate", 1: "started", 2: "busy"}
+# Claim a lapsed in-flight attempt (1) and release its send lock if it still holds it.
+_TAKE_INTERRUPTED = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
 class DeliveryLedger:
-    """Which events were delivered, who is sending one now, and every attempt per job."""
+    """Which events were delivered, which attempts are in flight, and every attempt per job."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self._in_flight = f"{prefix}:webhook:in-flight"
+        self._begin = client.register_script(_BEGIN)
+        self._take = client.register_script(_TAKE_INTERRUPTED)
 
     def _log_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}:deliveries"
+
+    def _token_key(self, token: str) -> str:
+        return f"{self.prefix}:webhook:token:{token}"
+
+    def _sending_key(self, event_id: str) -> str:
+        return f"{self.prefix}:webhook:{event_id}:sending"
 
     def delivered(self, event_id: str) -> bool:
         """True once the event was acknowledged by the receiver."""
         return bool(self.redis.exists(f"{self.prefix}:webhook:{event_id}:delivered"))
 
-    def try_lock(self, event_id: str, seconds: float) -> bool:
-        """Take the right to send this event now; False when another worker holds it."""
-        return bool(self.redis.set(f"{self.prefix}:webhook:{event_id}:sending", "1", nx=True,
-                                   px=int(seconds * 1000)))
+    def begin(self, attempt: AttemptInFlight, lease_seconds: float) -> BeginOutcome:
+        """Record the attempt as in flight until its lease ends, unless its message was
+        handled already or another attempt at the event is in flight (atomic)."""
+        delivery = attempt.delivery
+        return _BEGIN_OUTCOMES[int(self._begin(
+            keys=[self._token_key(delivery.token), self._sending_key(delivery.event_id),
+                  self._in_flight],
+            args=[delivery.token, int(lease_seconds * 1000), time.time() + lease_seconds,
+                  attempt.model_dump_json(), WEBHOOK_DATA_TTL_SECONDS]))]
 
-    def record(self, job_id: str, attempt: DeliveryAttempt) -> None:
-        """Log the attempt under the job; mark the event delivered on success."""
+    def record(self, job_id: str, attempt: DeliveryAttempt,
+               in_flight: AttemptInFlight | None = None) -> None:
+        """Log the attempt under the job, mark the event delivered on success, and settle the
+        attempt that was in flight."""
         with self.redis.pipeline() as pipe:
             pipe.rpush(self._log_key(job_id), attempt.model_dump_json())
             pipe.expire(self._log_key(job_id), WEBHOOK_DATA_TTL_SECONDS)
             if attempt.delivered:
                 pipe.set(f"{self.prefix}:webhook:{attempt.event_id}:delivered", "1",
                          ex=WEBHOOK_DATA_TTL_SECONDS)
-            pipe.delete(f"{self.prefix}:webhook:{attempt.event_id}:sending")
+            if in_flight is not None:
+                pipe.zrem(self._in_flight, in_flight.model_dump_json())
+                pipe.delete(self._sending_key(attempt.event_id))
             pipe.execute()
+
+    def take_interrupted(self, now: float, limit: int = 100) -> list[AttemptInFlight]:
+        """Attempts whose lease ended with no outcome recorded (their worker died), each handed
+        to one caller, with the event's send lock released so it can go again at once."""
+        lapsed = cast(list[str], self.redis.zrangebyscore(self._in_flight, "-inf", now,
+                                                          start=0, num=limit))
+        taken = []
+        for member in lapsed:
+            attempt = AttemptInFlight.model_validate_json(member)
+            if self._take(keys=[self._in_flight,
+                                self._sending_key(attempt.delivery.event_id)],
+                          args=[member, attempt.delivery.token]):
+                taken.append(attempt)
+        return taken
 
     def attempts(self, job_id: str) -> list[DeliveryAttempt]:
         """Every delivery attempt made for a job, oldest first."""

@@ -29,6 +29,10 @@ class WebhookReceiver:
         self.deliveries: list[Delivery] = []
         self.rejected: list[str] = []
         self.failures_left: dict[str, int] = {}
+        # Seconds each request is held before it is answered (a slow receiver), and how many
+        # are being held now.
+        self.delay_seconds = 0.0
+        self.held = 0
         self.lock = threading.Lock()
         self.port = free_port()
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
@@ -68,6 +72,11 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                with receiver.lock:
+                    receiver.held += 1
+                time.sleep(receiver.delay_seconds)
+                with receiver.lock:
+                    receiver.held -= 1
                 path = self.path.strip("/")
                 with receiver.lock:
                     failures = receiver.failures_left.get(path, 0)

@@ -52,33 +52,16 @@ class PartialOutput:
         self.flushed_at = time.monotonic()
 
 
-class CancelWatch:
-    """Answers "was this job canceled?" from the job store, asking at most every `interval`."""
-
-    def __init__(self, canceled: Callable[[], bool], interval: float = 0.5) -> None:
-        self.canceled = canceled
-        self.interval = interval
-        self.asked_at = 0.0
-        self.answer = False
-
-    def __call__(self) -> bool:
-        """True once a cancel was requested (polled by the engine at each step)."""
-        if not self.answer and time.monotonic() - self.asked_at >= self.interval:
-            self.asked_at = time.monotonic()
-            self.answer = self.canceled()
-        return self.answer
-
-
 def answer_job(*, record: JobRecord, manifest: PreparedJob, objects: ObjectStore,
-               jobs: JobStore, engine: Engine,
-               on_text: PartialOutput | None = None) -> JobResult:
+               jobs: JobStore, engine: Engine, on_text: PartialOutput | None = None,
+               should_stop: Callable[[], bool]) -> JobResult:
     """Run the model on the job's prepared inputs (and its conversation's earlier turns) and
-    return the result to store; JobCanceled when its owner canceled it while it ran."""
+    return the result to store; JobCanceled when should_stop (polled at each decoding step)
+    said the run must stop."""
     request = EngineRequest(question=record.prompt, images=_images(manifest, objects),
                             generation=record.generation,
                             history=conversation_history(record, jobs=jobs, objects=objects),
-                            json_schema=record.json_schema,
-                            should_stop=CancelWatch(lambda: jobs.cancel_requested(record.id)))
+                            json_schema=record.json_schema, should_stop=should_stop)
     output = engine.generate(request, on_text)
     if on_text is not None:
         on_text.flush()

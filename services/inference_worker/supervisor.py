@@ -5,8 +5,13 @@ one model from MODEL_NAME / MODEL_PATH), the node's GPUs (NVML, or GPU_INVENTORY
 with `placement.plan_placement`, and starts each replica as its own Celery worker on its model's
 queue, pinned to its GPUs. A replica that exits is restarted with exponential backoff; after
 SUPERVISOR_MAX_FAST_CRASHES consecutive quick deaths the supervisor stops everything and exits 1,
-so compose or Kubernetes shows the failure. SIGTERM/SIGINT are forwarded to every worker (Celery's
-warm shutdown finishes running tasks) and the supervisor exits once they have.
+so compose or Kubernetes shows the failure. A replica whose heartbeat file (written while its work
+progresses) goes stale is killed and restarted. Replicas die with the supervisor (Linux parent-death
+signal, and a parent watch), and a restarted supervisor first kills any replica left from before
+(pid files in SUPERVISOR_STATE_DIR), so replicas never double up. The supervisor touches its own
+HEARTBEAT_FILE while its loop runs (what the container's liveness probe reads). SIGTERM/SIGINT
+are forwarded to every worker (Celery's warm shutdown finishes running tasks) and the supervisor
+exits once they have.
 
 The same entrypoint serves both deployments: on a docker-compose GPU host it sees every GPU and
 runs every replica; in Kubernetes a pod sees only the GPUs it requested (ids from 0), so a model
@@ -21,6 +26,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +41,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from services.inference_worker.catalog import resolve_spec
 from services.inference_worker.inventory import detect_gpus
 from services.inference_worker.placement import GPU, ModelDemand, Plan, plan_placement
+from shared.process_health import PARENT_PID_ENV, heartbeat_age, touch_heartbeat
 from shared.queues import inference_queue
 from shared.settings import BaseServiceSettings
 
@@ -55,16 +62,21 @@ class ModelEntry(BaseModel):
     kv_quant_bits: Literal[16, 8, 4] = 16
     replicas: int | None = Field(default=None, ge=1)
     engine: Literal["transformers", "lmdeploy"] | None = None
-    # Engine knobs (InferenceSettings of the same names); unset: the worker's own settings.
+    # Settings this model's replicas get (InferenceSettings of the same names); unset: the
+    # replica's own. Engine knobs, and the inference time budget.
     max_batch_size: int | None = Field(default=None, ge=1)
     vision_batch_size: int | None = Field(default=None, ge=1)
     system_message: str | None = None
+    timeout_base_seconds: float | None = Field(default=None, gt=0)
+    timeout_per_token_seconds: float | None = Field(default=None, ge=0)
 
-    def engine_env(self) -> dict[str, str]:
-        """The engine settings this entry sets for its workers."""
+    def replica_env(self) -> dict[str, str]:
+        """The settings this entry sets for its replicas."""
         knobs = {"MAX_BATCH_SIZE": self.max_batch_size,
                  "VISION_BATCH_SIZE": self.vision_batch_size,
-                 "SYSTEM_MESSAGE": self.system_message}
+                 "SYSTEM_MESSAGE": self.system_message,
+                 "INFERENCE_TIMEOUT_BASE_SECONDS": self.timeout_base_seconds,
+                 "INFERENCE_TIMEOUT_PER_TOKEN_SECONDS": self.timeout_per_token_seconds}
         return {name: str(value) for name, value in knobs.items() if value is not None}
 
 
@@ -85,6 +97,12 @@ class SupervisorSettings(BaseServiceSettings):
     SUPERVISOR_MAX_FAST_CRASHES: int = Field(default=5, ge=1)
     # Warm shutdown waits for running jobs: as long as the longest job (compose's grace period).
     SUPERVISOR_STOP_TIMEOUT_SECONDS: float = Field(default=900.0, gt=0)
+    # Pid files and heartbeat files of the replicas (one directory per supervisor).
+    SUPERVISOR_STATE_DIR: Path = Path(tempfile.gettempdir()) / "tessera-supervisor"
+    # A replica whose heartbeat is older than this is wedged: it is killed and restarted.
+    SUPERVISOR_HEARTBEAT_STALE_SECONDS: float = Field(default=180.0, gt=0)
+    # How long a new replica may take to beat for the first time (loading its model).
+    SUPERVISOR_STARTUP_SECONDS: float = Field(default=1800.0, gt=0)
 
     def model_entries(self) -> list[ModelEntry]:
         """The models to serve: SUPERVISOR_MODELS, else MODEL_NAME at MODEL_PATH."""
@@ -136,7 +154,7 @@ def build_workers(entries: Sequence[ModelEntry], gpus: list[GPU],
                 raise ValueError(f"{entry.name}: LMDeploy needs a GPU and this host has none")
             env = {"MODEL_NAME": entry.name, "MODEL_PATH": str(entry.path),
                    "ENGINE": "transformers", "DEVICE": "cpu", "TP": "1", "GPU_IDS": "",
-                   "CUDA_VISIBLE_DEVICES": "", **entry.engine_env()}
+                   "CUDA_VISIBLE_DEVICES": "", **entry.replica_env()}
             workers.append(WorkerSpec(f"{entry.name}-r0", command_factory(
                 f"{entry.name}-r0@%h", inference_queue(entry.name)), env))
         return None, workers
@@ -157,7 +175,7 @@ def build_workers(entries: Sequence[ModelEntry], gpus: list[GPU],
                    "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
                    "SESSION_LEN": str(demand.context_length),
                    "KV_QUANT_POLICY": str(0 if demand.kv_quant_bits == 16
-                                          else demand.kv_quant_bits), **entry.engine_env()}
+                                          else demand.kv_quant_bits), **entry.replica_env()}
             if engine == "transformers":
                 env["DEVICE"] = "cuda"
             if demand.quantization == "awq":
@@ -186,13 +204,18 @@ class ProcessSupervisor:
 
     def __init__(self, workers: Sequence[WorkerSpec], *, backoff_seconds: float = 1.0,
                  max_backoff_seconds: float = 60.0, fast_crash_seconds: float = 60.0,
-                 max_fast_crashes: int = 5, stop_timeout_seconds: float = 900.0) -> None:
+                 max_fast_crashes: int = 5, stop_timeout_seconds: float = 900.0,
+                 state_dir: Path | None = None, heartbeat_stale_seconds: float = 180.0,
+                 startup_seconds: float = 1800.0) -> None:
         self._slots = [_Slot(spec) for spec in workers]
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self.fast_crash_seconds = fast_crash_seconds
         self.max_fast_crashes = max_fast_crashes
         self.stop_timeout_seconds = stop_timeout_seconds
+        self.state_dir = state_dir
+        self.heartbeat_stale_seconds = heartbeat_stale_seconds
+        self.startup_seconds = startup_seconds
 
     def pids(self) -> dict[str, int | None]:
         """Each worker's current process id (None while it waits to restart)."""
@@ -200,8 +223,9 @@ class ProcessSupervisor:
                 for slot in self._slots}
 
     def start(self) -> None:
-        """Start every worker."""
+        """Start every worker, after killing any left running by a supervisor before us."""
         for slot in self._slots:
+            self._kill_leftover(slot)
             self._spawn(slot)
 
     def poll(self) -> None:
@@ -211,6 +235,7 @@ class ProcessSupervisor:
             if slot.process is not None:
                 code = slot.process.poll()
                 if code is None:
+                    self._kill_if_wedged(slot, now)
                     continue
                 lived = now - slot.started_at
                 slot.process = None
@@ -249,12 +274,16 @@ class ProcessSupervisor:
         for slot in self._slots:
             slot.restart_at = None
 
-    def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> int:
-        """Start the workers, keep them up until `stop` is set; 0 when stopped, 1 on giving up."""
+    def run(self, stop: threading.Event, poll_seconds: float = 0.5,
+            heartbeat: Path | None = None) -> int:
+        """Start the workers, keep them up until `stop` is set; 0 when stopped, 1 on giving up.
+        Touches heartbeat at every round (the supervisor's own liveness)."""
         self.start()
         try:
             while not stop.wait(poll_seconds):
                 self.poll()
+                if heartbeat is not None:
+                    touch_heartbeat(heartbeat)
         except SupervisorGaveUp as error:
             log.error("giving up: %s", error)
             return 1
@@ -262,17 +291,72 @@ class ProcessSupervisor:
             self.stop()
         return 0
 
+    def _heartbeat_file(self, slot: _Slot) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / f"{slot.spec.name}.heartbeat"
+
+    def _pid_file(self, slot: _Slot) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / f"{slot.spec.name}.pid"
+
+    def _kill_if_wedged(self, slot: _Slot, now: float) -> None:
+        """SIGKILL a worker whose work stopped progressing (its exit then restarts it)."""
+        beat = self._heartbeat_file(slot)
+        if beat is None or slot.process is None:
+            return
+        age = heartbeat_age(beat)
+        # Before its first beat a worker is loading its model, for up to startup_seconds.
+        wedged = (age > self.heartbeat_stale_seconds if age is not None
+                  else now - slot.started_at > self.startup_seconds)
+        if wedged:
+            log.error("%s (pid %d) stopped making progress (heartbeat %s s old); killing it",
+                      slot.spec.name, slot.process.pid, "never" if age is None else f"{age:.0f}")
+            slot.process.kill()
+
+    def _kill_leftover(self, slot: _Slot) -> None:
+        """Kill the worker of this slot that an earlier supervisor left running (it consumes
+        the same queue and holds the same GPUs); its pid file names it."""
+        pid_file = self._pid_file(slot)
+        if pid_file is None or not pid_file.exists():
+            return
+        pid = int(pid_file.read_text().strip() or 0)
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return  # gone already (or not Linux: its parent watch ends it)
+        if f"{slot.spec.name}@" not in command:
+            return  # the pid was reused by an unrelated process
+        log.warning("killing %s (pid %d) left running by an earlier supervisor", slot.spec.name,
+                    pid)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def _spawn(self, slot: _Slot) -> None:
+        env = {**os.environ, **slot.spec.env, PARENT_PID_ENV: str(os.getpid())}
+        beat, pid_file = self._heartbeat_file(slot), self._pid_file(slot)
+        if beat is not None:
+            beat.unlink(missing_ok=True)
+            env["HEARTBEAT_FILE"] = str(beat)
         # A session of its own: a terminal's Ctrl-C reaches the worker only through us, once.
         # The command comes from our own factory and settings, never from a request.
-        slot.process = subprocess.Popen(slot.spec.command,  # noqa: S603
-                                        env={**os.environ, **slot.spec.env},
+        slot.process = subprocess.Popen(slot.spec.command, env=env,  # noqa: S603
                                         start_new_session=True)
+        if pid_file is not None:
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(str(slot.process.pid))
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("started %s (pid %d): %s %s", slot.spec.name, slot.process.pid,
                  " ".join(f"{key}={value}" for key, value in sorted(slot.spec.env.items())),
                  " ".join(slot.spec.command))
+
+
+def _running(pid: int) -> bool:
+    """True while pid exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def main(command_factory: CommandFactory = celery_command) -> int:
@@ -290,7 +374,10 @@ def main(command_factory: CommandFactory = celery_command) -> int:
         max_backoff_seconds=settings.SUPERVISOR_MAX_BACKOFF_SECONDS,
         fast_crash_seconds=settings.SUPERVISOR_FAST_CRASH_SECONDS,
         max_fast_crashes=settings.SUPERVISOR_MAX_FAST_CRASHES,
-        stop_timeout_seconds=settings.SUPERVISOR_STOP_TIMEOUT_SECONDS)
+        stop_timeout_seconds=settings.SUPERVISOR_STOP_TIMEOUT_SECONDS,
+        state_dir=settings.SUPERVISOR_STATE_DIR,
+        heartbeat_stale_seconds=settings.SUPERVISOR_HEARTBEAT_STALE_SECONDS,
+        startup_seconds=settings.SUPERVISOR_STARTUP_SECONDS)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -299,7 +386,7 @@ def main(command_factory: CommandFactory = celery_command) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    return supervisor.run(stop)
+    return supervisor.run(stop, heartbeat=settings.HEARTBEAT_FILE)
 
 
 if __name__ == "__main__":

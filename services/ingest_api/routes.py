@@ -16,6 +16,7 @@ from shared.errors import ErrorCode, TesseraError
 from shared.http_api import JobStoreDep, JobWaitsDep, ObjectStoreDep, OwnJobDep, SubmitterDep
 from shared.job_waits import JobWaits, preferred_wait
 from shared.outages import OUTAGE_ERRORS
+from shared.run_timeout import with_cancel_after
 from shared.schemas import (
     FileInput,
     GenerationParams,
@@ -33,6 +34,10 @@ from shared.webhook_events import TERMINAL_EVENTS, queue_event
 router = APIRouter(prefix="/v1", tags=["jobs"])
 # Chat bodies carry media as base64: decoded to temporary files while they stream in.
 chat_router = APIRouter(prefix="/v1", tags=["jobs"], route_class=DataUrlRoute)
+# Replicate's deadline header: fail the job with deadline_exceeded after this long from creation.
+CancelAfterHeader = Annotated[str | None, Header(
+    max_length=32, description="A duration such as 90, 45s, 5m or 1h30m: the job fails with "
+    "deadline_exceeded if it has not finished that long after it was created")]
 
 
 def form_file_name(index: int) -> str:
@@ -69,6 +74,10 @@ class JobForm(GenerationParams, MediaOptions):
         default=None, ge=1, description="End the job as expired if it has not started by then")
     retention_seconds: int | None = Field(
         default=None, ge=3600, description="How long the job and result are kept after it ends")
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, le=7 * 24 * 3600,
+        description="Fail the job with deadline_exceeded if it has not finished this many "
+        "seconds after it was created")
 
     def to_create(self) -> JobCreate:
         """The structured request this form stands for."""
@@ -82,7 +91,7 @@ class JobForm(GenerationParams, MediaOptions):
                     *(UrlInput(url=url) for url in self.media_urls)],
             previous_job_id=self.previous_job_id, metadata=self.metadata or {},
             priority=self.priority, queue_ttl_seconds=self.queue_ttl_seconds,
-            retention_seconds=self.retention_seconds,
+            retention_seconds=self.retention_seconds, timeout_seconds=self.timeout_seconds,
             generation=GenerationParams.model_validate(
                 {k: v for k, v in fields.items() if k in GenerationParams.model_fields}),
             media_options=MediaOptions.model_validate(
@@ -99,10 +108,11 @@ def create_job(form: Annotated[JobForm, Form(media_type="multipart/form-data")],
                settings: SettingsDep, objects: ObjectStoreDep, jobs: JobStoreDep,
                waits: JobWaitsDep, producer: ProducerDep,
                idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-               prefer: Annotated[str | None, Header()] = None) -> JobPublic:
+               prefer: Annotated[str | None, Header()] = None,
+               cancel_after: CancelAfterHeader = None) -> JobPublic:
     """Accept a job: 202 with the job object and its Location (200 if it finished within
     `Prefer: wait=N`); a repeated Idempotency-Key returns the first request's job."""
-    submission = submit_job(request=form.to_create(),
+    submission = submit_job(request=with_cancel_after(form.to_create(), cancel_after),
                             files={form_file_name(i): Upload(item.filename or f"file-{i}",
                                                              item.file)
                                    for i, item in enumerate(form.files)},
@@ -120,10 +130,12 @@ def create_chat_job(body: ChatJobCreate, request: Request, response: Response,
                     objects: ObjectStoreDep, jobs: JobStoreDep,
                     waits: JobWaitsDep, producer: ProducerDep,
                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-                    prefer: Annotated[str | None, Header()] = None) -> JobPublic:
+                    prefer: Annotated[str | None, Header()] = None,
+                    cancel_after: CancelAfterHeader = None) -> JobPublic:
     """Like POST /v1/jobs, from `messages` with text, image_url, video_url and file parts
     (https or base64 data URLs, or completed uploads as file_id), kept in their order."""
     job, files = chat_to_job(body, request.state.data_urls)
+    job = with_cancel_after(job, cancel_after)
     submission = submit_job(request=job, files=files, principal=principal,
                             idempotency_key=idempotency_key, settings=settings,
                             objects=objects, jobs=jobs, producer=producer)

@@ -227,6 +227,7 @@ def prepare_job(job_id: str, request: JobCreate, checked: dict[str, "_CheckedUpl
                      deadline_at=(now + timedelta(seconds=request.queue_ttl_seconds)
                                   if request.queue_ttl_seconds else None),
                      retention_seconds=_retention(request, settings),
+                     timeout_seconds=request.timeout_seconds,
                      trace_id=current_trace_id(), times=StageTimes(created_at=now),
                      updated_at=now)
 
@@ -284,7 +285,7 @@ def retry_job(*, original: JobRecord, objects: ObjectStore, jobs: JobStore,
 # What a retry carries over from the original job: the request, not its outcome.
 _REQUEST_FIELDS = {"tenant_id", "api_key_id", "model", "prompt", "generation", "media_options",
                    "webhook_url", "webhook_events", "json_schema", "previous_job_id", "metadata",
-                   "priority", "retention_seconds"}
+                   "priority", "retention_seconds", "timeout_seconds"}
 
 
 def _store_input(item: InputRef, index: int, job_id: str, *,

@@ -4,6 +4,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
@@ -16,6 +17,7 @@ from shared.job_store import JobNotFound, JobStore, utcnow
 from shared.object_store import ObjectStore
 from shared.schemas import JobPublic, JobRecord, JobResult
 from shared.webhook_events import (
+    AttemptInFlight,
     DeliveryAttempt,
     DeliveryLedger,
     Outcome,
@@ -166,9 +168,16 @@ class WebhookSender:
                 error=f"not sent: the receiver disabled this URL with 410 at {since.isoformat()}")
             self.ledger.record(record.id, skipped)
             return skipped
-        if not self.ledger.try_lock(event.id, self.settings.WEBHOOK_TIMEOUT_SECONDS + 5):
+        in_flight = AttemptInFlight(delivery=delivery, event_type=event.type, number=number,
+                                    started_at=utcnow())
+        began = self.ledger.begin(in_flight, self.lease_seconds)
+        if began == "duplicate":
+            log.info("webhook %s: attempt %d was handled already; dropping this copy", event.id,
+                     number)
+            return None
+        if began == "busy":
             # Another worker is sending it now: look again once that attempt has settled.
-            self.outbox.schedule(delivery, time.time() + self.settings.WEBHOOK_TIMEOUT_SECONDS)
+            self.outbox.schedule(delivery, time.time() + self.lease_seconds)
             return None
         try:
             secrets = self.secrets.signing_secrets(
@@ -185,8 +194,28 @@ class WebhookSender:
                 status_code=None, latency_ms=0.0,
                 error=f"not sent: {type(failure).__name__}: {failure}")
         attempt = self._settle(attempt, record, url, delivery)
-        self.ledger.record(record.id, attempt)
+        self.ledger.record(record.id, attempt, in_flight)
         return attempt
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long an attempt may stay in flight: its HTTP timeout and a margin."""
+        return self.settings.WEBHOOK_TIMEOUT_SECONDS + 5
+
+    def resend_interrupted(self, lost: AttemptInFlight) -> None:
+        """Log an attempt whose worker died before recording its outcome and send it again
+        now: the receiver may have it already, and sees the same webhook-id again."""
+        delivery = lost.delivery
+        resend = delivery.model_copy(update={"attempt": lost.number - 1,
+                                             "token": uuid.uuid4().hex})
+        log.warning("webhook %s: attempt %d was interrupted; sending it again", delivery.event_id,
+                    lost.number)
+        self.ledger.record(delivery.job_id, DeliveryAttempt(
+            event_id=delivery.event_id, event_type=lost.event_type, number=lost.number,
+            at=lost.started_at, status_code=None, latency_ms=0.0, outcome="interrupted",
+            error="the worker stopped before this attempt's outcome was recorded; it is sent "
+                  "again with the same webhook-id", next_attempt_at=utcnow()))
+        self.outbox.schedule(resend, time.time())
 
     def _settle(self, attempt: DeliveryAttempt, record: JobRecord, url: str,
                 delivery: WebhookDelivery) -> DeliveryAttempt:
@@ -204,7 +233,8 @@ class WebhookSender:
             delivery.attempt, base=self.settings.WEBHOOK_BACKOFF_BASE_SECONDS,
             cap=self.settings.WEBHOOK_BACKOFF_MAX_SECONDS, retry_after=attempt.retry_after_seconds,
             retry_after_cap=self.settings.WEBHOOK_RETRY_AFTER_MAX_SECONDS)
-        self.outbox.schedule(delivery.model_copy(update={"attempt": attempt.number}), due)
+        self.outbox.schedule(delivery.model_copy(update={"attempt": attempt.number,
+                                                       "token": uuid.uuid4().hex}), due)
         return attempt.model_copy(update={"outcome": outcome,
                                           "next_attempt_at": datetime.fromtimestamp(due, UTC)})
 

@@ -13,6 +13,7 @@ from services.webhook_worker.config import get_settings
 from services.webhook_worker.delivery import WebhookSender
 from shared.queues import WEBHOOK_QUEUE, WEBHOOK_TASK
 from shared.ssrf import public_client
+from shared.transient import is_transient
 from shared.webhook_events import WebhookDelivery
 from shared.worker_runtime import process_clients
 
@@ -36,16 +37,19 @@ def deliver_webhook(**payload: object) -> None:
 
 
 def queue_due_deliveries() -> None:
-    """Forever: move retries (and redeliveries) whose time has come onto the webhook queue.
+    """Forever: send again the attempts whose worker died mid-flight, and move retries (and
+    redeliveries) whose time has come onto the webhook queue.
 
     Retries wait in a Redis sorted set rather than as Celery countdowns: a countdown task sits
     unacknowledged in a worker for hours, and Redis redelivers it after the visibility timeout.
     """
-    outbox = _sender().outbox
+    sender = _sender()
     period = get_settings().WEBHOOK_SCHEDULE_POLL_SECONDS
     while True:
         try:
-            for delivery in outbox.take_due(time.time()):
+            for lost in sender.ledger.take_interrupted(time.time()):
+                sender.resend_interrupted(lost)
+            for delivery in sender.outbox.take_due(time.time()):
                 # Publish inside the trace that scheduled it (the Celery instrumentation
                 # propagates the current context into the message).
                 token = context.attach(propagate.extract(delivery.trace_context))
@@ -54,8 +58,13 @@ def queue_due_deliveries() -> None:
                                                 queue=WEBHOOK_QUEUE)
                 finally:
                     context.detach(token)
-        except Exception:  # a Redis hiccup must not end the loop
-            log.exception("webhook schedule poll failed; retrying")
+                sender.outbox.settle(delivery)
+        except Exception as error:  # a Redis hiccup must not end the loop
+            if is_transient(error):
+                log.warning("webhook schedule: Redis is away (%s: %s); retrying",
+                            type(error).__name__, error)
+            else:
+                log.exception("webhook schedule poll failed; retrying")
         threading.Event().wait(period)
 
 

@@ -44,7 +44,44 @@ def test_renewed_and_released_leases_do_not_lapse(jobs: JobStore) -> None:
     book.acquire("job_4:inference", this_worker())
     book.acquire("job_5:inference", this_worker())
     time.sleep(0.2)
-    book.renew(["job_4:inference"])
+    assert book.renew({"job_4:inference": this_worker()}) == []
     book.release("job_5:inference", this_worker())
     time.sleep(0.2)
     assert book.take_lapsed() == []
+
+
+def test_only_the_holder_renews_a_lease(jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_6:inference", "otherhost/1#frozen")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_6:inference"]
+    book.acquire("job_6:inference", "otherhost/2#current")
+    # The frozen run wakes up: its renewal is refused, and the new holder's expiry is untouched.
+    assert book.renew({"job_6:inference": "otherhost/1#frozen"}) == ["job_6:inference"]
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_6:inference"]
+
+
+def test_a_lease_taken_from_a_silent_holder_comes_back_until_its_stage_is_requeued(
+        jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_7:inference", "otherhost/1#silent")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_7:inference"]
+    assert book.take_lapsed() == []  # taken: no other sweeper gets it now
+    # The sweeper died before re-queuing the stage: the lease is due again.
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_7:inference"]
+    book.settle_taken("job_7:inference")
+    time.sleep(0.3)
+    assert book.take_lapsed() == []
+
+
+def test_a_run_may_take_a_lease_taken_from_its_silent_holder_at_once(jobs: JobStore) -> None:
+    book = _book(jobs, seconds=0.2)
+    book.acquire("job_8:inference", "otherhost/1#silent")
+    time.sleep(0.3)
+    assert book.take_lapsed() == ["job_8:inference"]
+    assert book.acquire("job_8:inference", "otherhost/2#new") is None
+    book.settle_taken("job_8:inference")  # the new holder's lease stays
+    assert book.live("job_8:inference")

@@ -87,7 +87,10 @@ def test_webhook_is_retried_until_the_receiver_recovers(
                       webhook_url=webhook_receiver.url("flaky"))
     job_id = response.json()["id"]
     webhook_receiver.wait_for(lambda: webhook_receiver.for_job(job_id) != [])
-    log = jobs.redis.lrange(f"{jobs.prefix}:job:{job_id}:deliveries", 0, -1)
+    # The worker records the delivered attempt once the receiver's answer is back.
+    log_key = f"{jobs.prefix}:job:{job_id}:deliveries"
+    webhook_receiver.wait_for(lambda: jobs.redis.llen(log_key) == 3, timeout=10)
+    log = jobs.redis.lrange(log_key, 0, -1)
     assert [json.loads(entry)["status_code"] for entry in log] == [503, 503, 204]
     assert len(webhook_receiver.for_job(job_id)) == 1
 
@@ -146,4 +149,4 @@ def test_result_object_keys_derive_from_the_job_id(
     job = wait_terminal(stack, submit(stack, [("p.jpg", sample_jpeg(300, 300))]).json()["id"])
     keys = sorted(objects.list_keys(JobKeys(job["id"]).prefix))
     assert keys == sorted([JobKeys(job["id"]).media(0), JobKeys(job["id"]).prepared_tiles(0),
-                           JobKeys(job["id"]).prepared_manifest(), JobKeys(job["id"]).result()])
+                           JobKeys(job["id"]).prepared_manifest(), JobKeys(job["id"]).result(1)])

@@ -22,11 +22,18 @@ from services.webhook_worker.config import WebhookSettings
 from services.webhook_worker.delivery import WebhookSender
 from shared.auth import ApiKeyStore, Scope
 from shared.celery_factory import create_celery_app
-from shared.job_store import JobStore
+from shared.job_store import JobStore, utcnow
 from shared.object_store import ObjectStore
 from shared.schemas import JobStatus
 from shared.settings import BaseServiceSettings, WebhookSigningSettings
-from shared.webhook_events import DeliveryLedger, WebhookDelivery, WebhookOutbox, queue_event
+from shared.webhook_events import (
+    CLAIM_SECONDS,
+    AttemptInFlight,
+    DeliveryLedger,
+    WebhookDelivery,
+    WebhookOutbox,
+    queue_event,
+)
 from tests.client import auth, wait_terminal
 from tests.factories import job_record
 from tests.webhook_receiver import WebhookReceiver
@@ -315,5 +322,61 @@ def test_attempt_that_fails_before_sending_is_logged_and_retried(
     assert DeliveryLedger(jobs.redis, prefix).attempts(record.id) == [attempt]
     [retry] = outbox.take_due(time.time() + 24 * 3600)
     assert (retry.event_id, retry.attempt) == (event.id, 1)
-    # The attempt released its lock.
-    assert DeliveryLedger(jobs.redis, prefix).try_lock(event.id, 1)
+    # The attempt settled its in-flight lease: nothing is sent again as interrupted, and the
+    # retry may start.
+    ledger = DeliveryLedger(jobs.redis, prefix)
+    assert ledger.take_interrupted(time.time() + 3600) == []
+    assert ledger.begin(AttemptInFlight(delivery=retry, event_type=event.type, number=2,
+                                        started_at=utcnow()), 1) == "started"
+
+
+def test_attempt_cut_off_by_a_dead_worker_is_sent_again_promptly_with_the_same_id(
+        settings: BaseServiceSettings, objects: ObjectStore) -> None:
+    prefix = f"{settings.KEY_PREFIX}-crash"
+    jobs = JobStore.from_url(settings.REDIS_URL, prefix)
+    with WebhookReceiver(DEPLOYMENT_SECRET) as hooks:
+        record = job_record(status=JobStatus.canceled, webhook_url=hooks.url("crash"))
+        jobs.create(record)
+        outbox = WebhookOutbox(jobs.redis, prefix)
+        event = outbox.create(record, "job.canceled")
+        assert event is not None
+        sender = WebhookSender(settings=WebhookSettings(**{**settings.model_dump(),
+                                                           "KEY_PREFIX": prefix}),
+                               jobs=jobs, objects=objects, http=httpx.Client())
+        first = WebhookDelivery(job_id=record.id, event_id=event.id)
+
+        # A worker starts the attempt and its POST reaches the receiver; then the worker dies
+        # before recording the outcome (the task's message is redelivered much later).
+        dying = WebhookSender(settings=sender.settings, jobs=jobs, objects=objects,
+                              http=httpx.Client())
+        dying.ledger.record = lambda *_, **__: None  # type: ignore[method-assign]
+        dying.send(first)
+        assert len(hooks.for_job(record.id)) == 1
+
+        # Once its lease ends, housekeeping sends it again at once, announced in the log.
+        assert sender.ledger.take_interrupted(time.time()) == []
+        [lost] = sender.ledger.take_interrupted(time.time() + sender.lease_seconds + 1)
+        sender.resend_interrupted(lost)
+        [resend] = outbox.take_due(time.time())
+        attempt = sender.send(resend)
+        assert attempt is not None and attempt.outcome == "delivered"
+        # The redelivered message of the cut-off attempt is not sent a third time.
+        assert sender.send(first) is None
+        ids = [delivery.message_id for delivery in hooks.for_job(record.id)]
+        assert ids == [event.id, event.id]
+        outcomes = [(a.number, a.outcome) for a in sender.ledger.attempts(record.id)]
+        assert outcomes == [(1, "interrupted"), (1, "delivered")]
+
+
+def test_a_due_delivery_is_taken_by_one_poller_and_comes_back_unless_settled(
+        settings: BaseServiceSettings) -> None:
+    outbox = WebhookOutbox(JobStore.from_url(settings.REDIS_URL, settings.KEY_PREFIX).redis,
+                           f"{settings.KEY_PREFIX}-outbox-{uuid.uuid4().hex[:6]}")
+    delivery = WebhookDelivery(job_id="job_x", event_id="evt_job_x_succeeded")
+    outbox.schedule(delivery, time.time())
+    [taken] = outbox.take_due(time.time())
+    assert outbox.take_due(time.time()) == []
+    # The poller died before queuing it: it falls due again.
+    assert outbox.take_due(time.time() + CLAIM_SECONDS + 1) == [taken]
+    outbox.settle(taken)
+    assert outbox.take_due(time.time() + 2 * CLAIM_SECONDS + 1) == []

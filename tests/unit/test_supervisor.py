@@ -1,5 +1,6 @@
 """The supervisor: workers pinned to their planned GPUs, restarted when they die, stopped warm."""
 
+import contextlib
 import json
 import os
 import signal
@@ -188,3 +189,107 @@ def test_entrypoint_forwards_sigterm_to_its_workers(tmp_path: Path) -> None:
     assert (tmp_path / "InternVL3-1B-r0.stopped").exists()
     assert (tmp_path / "InternVL3-38B-r0.stopped").exists()
     assert "placement plan" in stderr
+
+
+# A stand-in worker with our worker's liveness: it dies with its parent (as every Celery worker
+# started by the supervisor does) and beats its heartbeat file until it "wedges".
+LIVELY_WORKER = """
+import os, sys, time
+from pathlib import Path
+from shared.process_health import PARENT_PID_ENV, die_with_parent, touch_heartbeat
+die_with_parent(int(os.environ[PARENT_PID_ENV]))
+out = Path(os.environ["FAKE_OUT"]) / sys.argv[1].split("@")[0]
+out.with_suffix(".pids").open("a").write(f"{os.getpid()}\\n")
+beats = int(os.environ.get("FAKE_BEATS", "1000000"))
+for _ in range(beats):
+    touch_heartbeat(Path(os.environ["HEARTBEAT_FILE"]))
+    time.sleep(0.05)
+while True:  # wedged: alive, but no longer progressing
+    time.sleep(0.05)
+"""
+
+
+def lively_factory(hostname: str, queue: str) -> list[str]:
+    return [sys.executable, "-c", LIVELY_WORKER, hostname, queue]
+
+
+def _alive(pid: int) -> bool:
+    """True while pid runs (a zombie waiting for its parent to reap it does not count)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _pids(tmp_path: Path, name: str) -> list[int]:
+    path = tmp_path / f"{name}.pids"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_workers_die_with_a_killed_supervisor_and_a_new_one_does_not_double_up(
+        tmp_path: Path) -> None:
+    script = ("import sys; from tests.unit.test_supervisor import lively_factory; "
+              "from services.inference_worker.supervisor import main; "
+              "sys.exit(main(lively_factory))")
+    env = {**os.environ, "FAKE_OUT": str(tmp_path), "GPU_INVENTORY": "none",
+           "SUPERVISOR_STATE_DIR": str(tmp_path / "state"), "MODEL_NAME": "m"}
+    first = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env)
+    try:
+        wait_for(lambda: len(_pids(tmp_path, "m-r0")) == 1)
+        [orphan] = _pids(tmp_path, "m-r0")
+        first.kill()  # SIGKILL: no chance to stop its worker
+        first.wait()
+        wait_for(lambda: not _alive(orphan), timeout=5)
+    finally:
+        first.kill()
+    second = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=env)
+    try:
+        wait_for(lambda: len(_pids(tmp_path, "m-r0")) == 2)
+        assert [pid for pid in _pids(tmp_path, "m-r0") if _alive(pid)] == [
+            _pids(tmp_path, "m-r0")[1]]
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(timeout=10)
+
+
+def test_a_restarted_supervisor_kills_a_worker_left_from_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_OUT", str(tmp_path))
+    # A worker that outlived its supervisor (one that does not die with its parent).
+    spec = WorkerSpec("m-r0", fake_factory("m-r0@%h", "infer.m"), {})
+    old = ProcessSupervisor([spec], state_dir=tmp_path / "state")
+    old.start()
+    leftover = old.pids()["m-r0"]
+    assert leftover is not None
+    wait_for((tmp_path / "m-r0.env").exists)  # running its own command by now
+    new = ProcessSupervisor([spec], state_dir=tmp_path / "state", stop_timeout_seconds=5)
+    new.start()
+    try:
+        assert not _alive(leftover)
+        assert new.pids()["m-r0"] not in (None, leftover)
+    finally:
+        new.stop()
+        with contextlib.suppress(ProcessLookupError):  # never leak it if the test failed
+            os.kill(leftover, signal.SIGKILL)
+
+
+def test_a_worker_whose_heartbeat_stops_is_killed_and_restarted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_OUT", str(tmp_path))
+    monkeypatch.setenv("FAKE_BEATS", "5")  # progresses briefly, then wedges
+    spec = WorkerSpec("m-r0", lively_factory("m-r0@%h", "infer.m"), {})
+    supervisor = ProcessSupervisor([spec], backoff_seconds=0.05, stop_timeout_seconds=5,
+                                   state_dir=tmp_path / "state", heartbeat_stale_seconds=0.5)
+    supervisor.start()
+    try:
+        wait_for(lambda: len(_pids(tmp_path, "m-r0")) == 1)
+        [wedged] = _pids(tmp_path, "m-r0")
+
+        def replaced() -> bool:
+            supervisor.poll()
+            return len(_pids(tmp_path, "m-r0")) == 2
+
+        wait_for(replaced)
+        assert not _alive(wedged)
+    finally:
+        supervisor.stop()
